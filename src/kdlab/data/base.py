@@ -1,0 +1,113 @@
+"""In-memory splits and the bundle a dataset builder returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from kdlab.errors import DataError
+
+
+@dataclass
+class TensorSplit:
+    """A split held as tensors: ``x`` float (N, C, H, W), ``y`` long (N,)."""
+
+    x: Tensor
+    y: Tensor
+
+    def __post_init__(self) -> None:
+        if self.x.shape[0] != self.y.shape[0]:
+            raise DataError(f"{self.x.shape[0]} inputs but {self.y.shape[0]} labels")
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int]:
+        return self.x[i], self.y[i], i
+
+    def subset(self, idx: Tensor | np.ndarray) -> TensorSplit:
+        idx_t = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+        return TensorSplit(self.x[idx_t], self.y[idx_t])
+
+
+@dataclass
+class DataBundle:
+    """Train / val / test splits plus what models need to know about the inputs."""
+
+    train: TensorSplit
+    val: TensorSplit | None
+    test: TensorSplit
+    num_classes: int
+    in_channels: int
+    image_size: tuple[int, int]
+    name: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def check_labels(y: np.ndarray | Tensor, num_classes: int, source: str) -> None:
+    """Labels must be integers in ``[0, num_classes)``."""
+    y = np.asarray(y)
+    if y.size == 0:
+        raise DataError(f"{source}: no samples")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{source}: labels must be integers, got dtype {y.dtype}")
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= num_classes:
+        raise DataError(
+            f"{source}: labels must lie in [0, {num_classes - 1}], found values in [{lo}, {hi}]"
+        )
+
+
+def check_finite(x: np.ndarray | Tensor, source: str) -> None:
+    x = torch.as_tensor(np.asarray(x)) if not isinstance(x, Tensor) else x
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise DataError(f"{source}: {bad} input values are NaN or infinite")
+
+
+def stratified_split(
+    y: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(keep, held_out)``; ``held_out`` has ``fraction`` of each class.
+
+    Deterministic in ``seed``; each class keeps at least one sample on each side when
+    it has two or more.
+    """
+    rng = np.random.default_rng(seed)
+    keep, held = [], []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        idx = idx[rng.permutation(len(idx))]
+        n_held = int(round(fraction * len(idx)))
+        if fraction > 0 and len(idx) >= 2:
+            n_held = min(max(n_held, 1), len(idx) - 1)
+        held.append(idx[:n_held])
+        keep.append(idx[n_held:])
+    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
+
+
+def take_per_class(split: TensorSplit, n: int, seed: int = 0) -> TensorSplit:
+    """The first ``n`` samples of each class after a seeded shuffle (few-shot)."""
+    y = split.y.numpy()
+    rng = np.random.default_rng(seed + 7919)
+    chosen = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        idx = idx[rng.permutation(len(idx))][:n]
+        chosen.append(idx)
+    return split.subset(np.sort(np.concatenate(chosen)))
+
+
+def standardize(
+    train: Tensor, *others: Tensor | None
+) -> tuple[Tensor, ...]:
+    """Per-channel standardisation with the training split's statistics."""
+    dims = [0, 2, 3] if train.dim() == 4 else [0]
+    mean = train.mean(dim=dims, keepdim=True)
+    std = train.std(dim=dims, keepdim=True).clamp_min(1e-6)
+    out = [(train - mean) / std]
+    out += [None if o is None else (o - mean) / std for o in others]
+    return tuple(out)  # type: ignore[arg-type]

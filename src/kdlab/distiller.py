@@ -1,0 +1,243 @@
+"""The Distiller: teacher and student forwards, taps, and a dict of weighted losses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from kdlab.errors import ConfigError, ModelError, did_you_mean
+from kdlab.methods.base import Pass, Shapes, StepContext, Term
+from kdlab.taps import FeatureTaps, Tap, model_logits
+from kdlab.views import ViewFn, check_view, identity
+
+
+@dataclass
+class DistillOutput:
+    """The weighted losses by term name, their sum, and the student's default logits."""
+
+    total: Tensor
+    losses: dict[str, Tensor]
+    logits: Tensor
+
+
+class Distiller(nn.Module):
+    """Runs the teacher (frozen, eval, ``inference_mode``) and the student once per view.
+
+    Only the taps that some term asked for are captured. The teacher is kept outside
+    the module tree, so ``state_dict()``, ``parameters()`` and DDP see the student and
+    the terms' adapters only; ``to()`` moves the teacher too.
+
+    Args:
+        student: the model being trained.
+        teacher: the trained model, or None for label-only recipes.
+        terms: the recipe's terms.
+        views: named input views (``default`` is added).
+        example_input: a batch (any size) used to probe tap shapes so terms can build
+            their adapters; required when a term has taps.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        terms: Sequence[Term],
+        views: Mapping[str, ViewFn] | None = None,
+        example_input: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.student = student
+        self._teacher = [teacher] if teacher is not None else []
+        self.terms = nn.ModuleDict({t.term_name: t for t in terms})
+        self.views: dict[str, ViewFn] = {"default": identity(), **(views or {})}
+        for term in terms:
+            check_view(term.params.student_view, self.views, f"term {term.term_name!r}")
+            check_view(term.params.teacher_view, self.views, f"term {term.term_name!r}")
+            if term.needs_teacher and teacher is None:
+                raise ModelError(
+                    f"term {term.term_name!r} (method {term.method!r}) needs a teacher; "
+                    "set 'teacher:' in the recipe"
+                )
+        if teacher is not None:
+            teacher.eval()
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+        self.student_taps = FeatureTaps(
+            student, [t for term in terms for t in term.student_taps()], "student"
+        )
+        self.teacher_taps = (
+            FeatureTaps(teacher, [t for term in terms for t in term.teacher_taps()], "teacher")
+            if teacher is not None
+            else None
+        )
+        self._check_logits_fit(example_input)
+        if example_input is not None:
+            self._setup_terms(example_input)
+        elif any(term.student_taps() or term.teacher_taps() for term in terms):
+            raise ConfigError("terms with taps need example_input to probe their shapes")
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self._teacher[0] if self._teacher else None
+
+    def to(self, *args: Any, **kwargs: Any) -> Distiller:  # type: ignore[override]
+        super().to(*args, **kwargs)
+        if self.teacher is not None:
+            self.teacher.to(*args, **kwargs)
+        return self
+
+    def train(self, mode: bool = True) -> Distiller:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # frozen: BN statistics and dropout stay in eval
+        return self
+
+    def _check_logits_fit(self, example: Tensor | None) -> None:
+        if example is None or self.teacher is None:
+            return
+        with torch.no_grad():
+            s = model_logits(_eval_forward(self.student, example[:2]))
+            t = model_logits(_eval_forward(self.teacher, example[:2]))
+        if s.shape[1:] != t.shape[1:]:
+            raise ModelError(
+                f"student outputs {tuple(s.shape[1:])} but teacher outputs "
+                f"{tuple(t.shape[1:])}: they must predict the same classes"
+            )
+
+    @torch.no_grad()
+    def _setup_terms(self, example: Tensor) -> None:
+        example = example[:2]
+        s_shapes: dict[str, dict[Tap, torch.Size]] = {}
+        t_shapes: dict[str, dict[Tap, torch.Size]] = {}
+        for term in self.terms.values():
+            sv, tv = term.params.student_view, term.params.teacher_view
+            if sv not in s_shapes:
+                s_shapes[sv] = self._probe(self.student, self.student_taps, self.views[sv](example))
+            if self.teacher is not None and tv not in t_shapes:
+                assert self.teacher_taps is not None
+                t_shapes[tv] = self._probe(self.teacher, self.teacher_taps, self.views[tv](example))
+            term.setup(Shapes(student=s_shapes[sv], teacher=t_shapes.get(tv, {})))
+
+    @staticmethod
+    def _probe(model: nn.Module, taps: FeatureTaps, x: Tensor) -> dict[Tap, torch.Size]:
+        taps.clear()
+        out = model_logits(_eval_forward(model, x))
+        shapes = {tap: taps.get(tap).shape for tap in taps.taps}
+        shapes[Tap("")] = out.shape
+        taps.clear()
+        return shapes
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        inputs: Tensor,
+        targets: Tensor,
+        indices: Tensor | None = None,
+        losses: Mapping[str, float] | None = None,
+        epoch: int = 0,
+        iteration: int = 0,
+    ) -> DistillOutput:
+        """Weighted losses for one batch.
+
+        Args:
+            losses: which losses to compute, ``{term or term.mode: weight}``; default is
+                every main-stage term with its own weight.
+        """
+        plan = self.loss_plan(losses)
+        view_cache: dict[str, Tensor] = {}
+
+        def view(name: str) -> Tensor:
+            if name not in view_cache:
+                view_cache[name] = inputs if name == "default" else self.views[name](inputs)
+            return view_cache[name]
+
+        student_passes: dict[str, Pass] = {}
+        teacher_passes: dict[str, Pass] = {}
+        for term, _mode, _w in plan:
+            sv, tv = term.params.student_view, term.params.teacher_view
+            if sv not in student_passes:
+                grad = any(
+                    t.student_input_grad and t.params.student_view == sv for t, _, _ in plan
+                )
+                student_passes[sv] = self._student_pass(view(sv), grad)
+            if term.needs_teacher and tv not in teacher_passes:
+                grad = any(
+                    t.teacher_input_grad and t.params.teacher_view == tv for t, _, _ in plan
+                )
+                teacher_passes[tv] = self._teacher_pass(view(tv), grad)
+        if "default" not in student_passes:  # logits for train accuracy
+            student_passes["default"] = self._student_pass(inputs, False)
+
+        out: dict[str, Tensor] = {}
+        for term, mode, weight in plan:
+            ctx = StepContext(
+                student=student_passes[term.params.student_view],
+                teacher=teacher_passes.get(term.params.teacher_view) if term.needs_teacher else None,
+                targets=targets,
+                indices=indices,
+                epoch=epoch,
+                iteration=iteration,
+            )
+            key = term.term_name if mode is None else f"{term.term_name}.{mode}"
+            out[key] = weight * term.loss(ctx, mode)
+        total = torch.stack(list(out.values())).sum() if out else inputs.new_zeros(())
+        return DistillOutput(total=total, losses=out, logits=student_passes["default"].logits)
+
+    def loss_plan(
+        self, losses: Mapping[str, float] | None = None
+    ) -> list[tuple[Term, str | None, float]]:
+        """``(term, mode, weight)`` for each loss to compute; validates names."""
+        if losses is None:
+            return [(t, None, t.weight) for t in self.terms.values() if t.in_main_stage]
+        plan = []
+        for key, weight in losses.items():
+            name, _, mode = key.partition(".")
+            if name not in self.terms:
+                raise ConfigError(f"unknown loss {key!r}; {did_you_mean(name, self.terms)}")
+            term = self.terms[name]
+            if mode and not term.has_mode(mode):
+                raise ConfigError(f"term {name!r} ({term.method}) has no loss mode {mode!r}")
+            plan.append((term, mode or None, float(weight)))
+        return plan
+
+    def _student_pass(self, x: Tensor, input_grad: bool) -> Pass:
+        if input_grad:
+            x = x.detach().requires_grad_(True)
+        self.student_taps.clear()
+        logits = model_logits(self.student(x))
+        feats = {tap: self.student_taps.get(tap) for tap in self.student_taps.taps}
+        return Pass(input=x, logits=logits, features=feats)
+
+    def _teacher_pass(self, x: Tensor, input_grad: bool) -> Pass:
+        teacher, taps = self.teacher, self.teacher_taps
+        assert teacher is not None and taps is not None
+        taps.clear()
+        if input_grad:  # Jacobian terms differentiate the teacher w.r.t. its input
+            x = x.detach().requires_grad_(True)
+            with torch.enable_grad():
+                logits = model_logits(teacher(x))
+            feats = {tap: taps.get(tap) for tap in taps.taps}
+            return Pass(input=x, logits=logits, features=feats)
+        with torch.inference_mode():
+            logits = model_logits(teacher(x))
+            feats = {tap: taps.get(tap) for tap in taps.taps}
+        # Inference tensors cannot be saved for backward; a clone outside the mode is a
+        # normal tensor. Only logits and tapped features are cloned (small).
+        return Pass(
+            input=x,
+            logits=logits.clone(),
+            features={k: v.clone() for k, v in feats.items()},
+        )
+
+
+def _eval_forward(model: nn.Module, x: Tensor) -> Any:
+    was_training = model.training
+    model.eval()
+    try:
+        return model(x)
+    finally:
+        model.train(was_training)

@@ -1,0 +1,84 @@
+"""Models: a registry and ``create_model``, in the style of timm.
+
+Every module in this package is imported so its ``@register_model`` entries exist.
+``tv:NAME`` and ``timm:NAME`` build torchvision / timm models when those optional
+extras are installed (``pip install kdlab[vision]``). No model here is edited to
+return features: use taps.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from kdlab.errors import ModelError
+from kdlab.registry import Registry
+
+ModelFactory = Callable[..., nn.Module]
+MODELS: Registry[ModelFactory] = Registry("model")
+
+
+def register_model(name: str | None = None) -> Callable[[ModelFactory], ModelFactory]:
+    """Decorator registering ``fn(num_classes, in_channels, **kwargs) -> nn.Module``."""
+    return MODELS.register(name)
+
+
+def create_model(name: str, num_classes: int, in_channels: int = 3, **kwargs: Any) -> nn.Module:
+    """Build a registered model, or ``tv:NAME`` / ``timm:NAME`` from those libraries."""
+    if num_classes < 1:
+        raise ModelError(f"model {name!r}: num_classes must be >= 1, got {num_classes}")
+    if name.startswith("tv:"):
+        return _torchvision_model(name[3:], num_classes, in_channels, **kwargs)
+    if name.startswith("timm:"):
+        return _timm_model(name[5:], num_classes, in_channels, **kwargs)
+    factory = MODELS.get(name)
+    try:
+        return factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    except TypeError as err:
+        raise ModelError(f"model {name!r}: {err}") from None
+
+
+def _torchvision_model(name: str, num_classes: int, in_channels: int, **kwargs: Any) -> nn.Module:
+    try:
+        import torchvision.models as tvm  # noqa: PLC0415 - optional extra
+    except Exception as err:  # ImportError, or a broken install (operator not found)
+        raise ModelError(
+            f"model 'tv:{name}' needs torchvision, which is not importable here ({err}); "
+            "install the extra: pip install 'kdlab[vision]'"
+        ) from None
+    if in_channels != 3:
+        raise ModelError(f"model 'tv:{name}': torchvision models take 3 input channels")
+    try:
+        return tvm.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+    except ValueError as err:
+        raise ModelError(f"model 'tv:{name}': {err}") from None
+
+
+def _timm_model(name: str, num_classes: int, in_channels: int, **kwargs: Any) -> nn.Module:
+    try:
+        import timm  # noqa: PLC0415 - optional extra
+    except Exception as err:
+        raise ModelError(
+            f"model 'timm:{name}' needs timm, which is not importable here ({err}); "
+            "install the extra: pip install 'kdlab[vision]'"
+        ) from None
+    try:
+        return timm.create_model(
+            name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs
+        )
+    except RuntimeError as err:
+        raise ModelError(f"model 'timm:{name}': {err}") from None
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+for _info in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_info.name}")
+
+__all__ = ["MODELS", "count_parameters", "create_model", "register_model"]

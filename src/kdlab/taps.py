@@ -1,0 +1,176 @@
+"""Taps: capture any module's output or input by dotted path, without editing models.
+
+A tap string is ``"layer2.1.bn2"`` (the module's output) or ``"layer2.1.relu:input"``
+(its first positional input, e.g. a pre-activation). The empty path ``""`` is the
+model itself, so ``":output"`` is its raw output and ``"fc:input"`` the penultimate
+features of most classifiers.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from kdlab.errors import TapError
+
+TapKind = Literal["output", "input"]
+
+
+@dataclass(frozen=True)
+class Tap:
+    """Where a feature comes from: a module path and whether its output or input."""
+
+    path: str
+    kind: TapKind = "output"
+
+    @classmethod
+    def parse(cls, spec: str | Tap) -> Tap:
+        if isinstance(spec, Tap):
+            return spec
+        if not isinstance(spec, str):
+            raise TapError(f"a tap must be a string like 'layer2' or 'fc:input', got {spec!r}")
+        path, _, kind = spec.partition(":")
+        kind = kind or "output"
+        if kind not in ("output", "input"):
+            raise TapError(f"tap {spec!r}: the suffix must be ':input' or ':output', not {kind!r}")
+        return cls(path.strip(), kind)  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        return self.path if self.kind == "output" else f"{self.path}:input"
+
+
+def module_paths(model: nn.Module) -> list[str]:
+    """Every dotted module path in ``model`` ('' is the model itself)."""
+    return [name for name, _ in model.named_modules()]
+
+
+def resolve(model: nn.Module, path: str, role: str = "model") -> nn.Module:
+    """The submodule at ``path``, or a TapError listing the nearest valid paths."""
+    if path == "":
+        return model
+    modules = dict(model.named_modules())
+    if path in modules:
+        return modules[path]
+    valid = [p for p in modules if p]
+    close = difflib.get_close_matches(path, valid, n=5, cutoff=0.4)
+    if not close:  # fall back to paths sharing the first component
+        head = path.split(".")[0]
+        close = [p for p in valid if p.split(".")[0] == head][:5] or valid[:8]
+    raise TapError(
+        f"{role} {type(model).__name__} has no module {path!r}; nearest valid paths: "
+        + ", ".join(repr(c) for c in close)
+    )
+
+
+def _first_tensor(value: Any) -> Tensor:
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
+        return value[0]
+    if isinstance(value, Mapping):
+        for v in value.values():
+            if isinstance(v, Tensor):
+                return v
+    logits = getattr(value, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    raise TapError(f"cannot find a tensor in a module's {type(value).__name__} value")
+
+
+def model_logits(output: Any) -> Tensor:
+    """The logits in a model's output: a tensor, ``.logits``, or the first element."""
+    return _first_tensor(output)
+
+
+class FeatureTaps:
+    """Forward hooks on a model that store tapped tensors in ``self.features``.
+
+    Hooks stay registered (cheap when idle); ``clear()`` before each forward. A tapped
+    tensor that a later in-place op modified (e.g. ``ReLU(inplace=True)``) is caught
+    on access through its version counter, instead of silently using wrong values.
+    """
+
+    def __init__(self, model: nn.Module, taps: Iterable[str | Tap], role: str = "model") -> None:
+        self.role = role
+        self.taps: list[Tap] = list(dict.fromkeys(Tap.parse(t) for t in taps))
+        self.features: dict[Tap, Tensor] = {}
+        self._versions: dict[Tap, int] = {}
+        self._handles: list[Any] = []
+        for tap in self.taps:
+            module = resolve(model, tap.path, role)
+            clone_input = tap.kind == "input" and bool(getattr(module, "inplace", False))
+            if tap.kind == "output":
+                hook = module.register_forward_hook(self._make_output_hook(tap))
+            else:
+                hook = module.register_forward_pre_hook(self._make_input_hook(tap, clone_input))
+            self._handles.append(hook)
+
+    def _store(self, tap: Tap, value: Any) -> None:
+        t = _first_tensor(value)
+        self.features[tap] = t
+        self._versions[tap] = t._version
+
+    def _make_output_hook(self, tap: Tap):  # noqa: ANN202
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            self._store(tap, output)
+
+        return hook
+
+    def _make_input_hook(self, tap: Tap, clone: bool):  # noqa: ANN202
+        def hook(_module: nn.Module, inputs: Any) -> None:
+            value = _first_tensor(inputs)
+            self._store(tap, value.clone() if clone else value)
+
+        return hook
+
+    def clear(self) -> None:
+        self.features.clear()
+        self._versions.clear()
+
+    def get(self, tap: Tap) -> Tensor:
+        if tap not in self.features:
+            raise TapError(
+                f"{self.role} tap {str(tap)!r} captured nothing: the module did not run "
+                "in this forward pass"
+            )
+        t = self.features[tap]
+        if t._version != self._versions[tap]:
+            raise TapError(
+                f"{self.role} tap {str(tap)!r} was modified in place after capture "
+                "(an inplace op such as ReLU(inplace=True) follows it); tap the next "
+                "module's output instead, or set inplace=False"
+            )
+        return t
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+@torch.no_grad()
+def probe_shapes(
+    model: nn.Module, taps: Iterable[str | Tap], example: Tensor, role: str = "model"
+) -> dict[Tap, torch.Size]:
+    """Shapes of every tap (and of the output, under ``Tap('')``) from one dummy forward.
+
+    The model runs in eval mode on ``example`` (any batch size >= 1) and is put back in
+    the mode it was in.
+    """
+    taps = [Tap.parse(t) for t in taps]
+    collector = FeatureTaps(model, taps, role)
+    was_training = model.training
+    model.eval()
+    try:
+        out = model_logits(model(example))
+        shapes = {tap: collector.get(tap).shape for tap in collector.taps}
+        shapes[Tap("")] = out.shape
+    finally:
+        collector.remove()
+        model.train(was_training)
+    return shapes
