@@ -1,0 +1,121 @@
+"""Running a protocol's matrix: resumable, teachers cached, one progress bar."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from kdlab.bench.protocol import Protocol, RunSpec, expand
+from kdlab.data import DataBundle, build_dataset
+from kdlab.engine import train
+
+RESULTS = "results.json"
+
+
+@dataclass
+class RunRecord:
+    """A finished run of the matrix: its spec, results.json and per-epoch metrics."""
+
+    spec: RunSpec
+    results: dict[str, Any]
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    trained_now: bool = False
+
+
+def is_done(run_dir: Path) -> bool:
+    """A run is finished once the engine wrote its results.json (the last file it writes)."""
+    return (Path(run_dir) / RESULTS).is_file()
+
+
+def read_record(spec: RunSpec, trained_now: bool = False) -> RunRecord:
+    results = json.loads((spec.run_dir / RESULTS).read_text())
+    metrics = []
+    mpath = spec.run_dir / "metrics.jsonl"
+    if mpath.is_file():
+        for line in mpath.read_text().splitlines():
+            try:
+                metrics.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut by a kill
+    return RunRecord(spec=spec, results=results, metrics=metrics, trained_now=trained_now)
+
+
+def _data_key(spec: RunSpec) -> str:
+    return json.dumps(spec.cfg.data.model_dump(mode="json"), sort_keys=True)
+
+
+def run_matrix(
+    proto: Protocol,
+    out: str | Path,
+    overrides: list[str] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> list[RunRecord]:
+    """Train every unfinished run of the matrix in ``out`` and return all records.
+
+    A run whose folder holds ``results.json`` is read, not retrained; a run folder
+    without it (a killed run) is resumed from its last good checkpoint.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = expand(proto, out, overrides)
+    (out / "protocol.json").write_text(
+        json.dumps(
+            {
+                "protocol": proto.spec.model_dump(mode="json"),
+                "source": str(proto.path),
+                "methods": proto.methods,
+                "overrides": list(overrides or []),
+            },
+            indent=2,
+        )
+    )
+    bundles: dict[str, DataBundle] = {}
+    records: list[RunRecord] = []
+    done = sum(is_done(r.run_dir) for r in runs)
+    bar = tqdm(
+        total=len(runs),
+        initial=done,
+        desc=f"bench {proto.name}",
+        unit="run",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    try:
+        for spec in runs:
+            if is_done(spec.run_dir):
+                records.append(read_record(spec))
+                continue
+            bar.set_description(f"bench {proto.name}: {spec.label}")
+            key = _data_key(spec)
+            if key not in bundles:
+                bundles[key] = build_dataset(spec.cfg.data)
+            last = [0.0]
+
+            def on_step(stage: str, it: int, total: int, _last: list[float] = last) -> None:
+                now = time.monotonic()
+                if now - _last[0] > 0.5 or it == total:
+                    _last[0] = now
+                    bar.set_postfix_str(f"{stage} {it}/{total}", refresh=True)
+
+            resume = spec.run_dir.exists()
+            if log is not None:
+                log(f"{'resuming' if resume else 'training'} {spec.label} in {spec.run_dir}")
+            train(
+                spec.cfg,
+                run_dir=spec.run_dir,
+                resume=resume,
+                progress=on_step,
+                bundle=bundles[key],
+            )
+            records.append(read_record(spec, trained_now=True))
+            bar.update(1)
+    finally:
+        bar.close()
+    return records
