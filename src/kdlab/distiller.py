@@ -25,7 +25,7 @@ class DistillOutput:
 
 
 class Distiller(nn.Module):
-    """Runs the teacher (frozen, eval, ``inference_mode``) and the student once per view.
+    """Runs the teacher (frozen, eval, ``no_grad``) and the student once per view.
 
     Only the taps that some term asked for are captured. The teacher is kept outside
     the module tree, so ``state_dict()``, ``parameters()`` and DDP see the student and
@@ -220,16 +220,13 @@ class Distiller(nn.Module):
                 logits = model_logits(teacher(x))
             feats = {tap: taps.get(tap) for tap in taps.taps}
             return Pass(input=x, logits=logits, features=feats)
-        with torch.inference_mode():
+        # no_grad, not inference_mode: inference tensors cannot be saved for backward
+        # (every logit and feature would need a clone) and have no version counter for
+        # the taps' in-place check. no_grad builds no graph either, and costs no copies.
+        with torch.no_grad():
             logits = model_logits(teacher(x))
             feats = {tap: taps.get(tap) for tap in taps.taps}
-        # Inference tensors cannot be saved for backward; a clone outside the mode is a
-        # normal tensor. Only logits and tapped features are cloned (small).
-        return Pass(
-            input=x,
-            logits=logits.clone(),
-            features={k: v.clone() for k, v in feats.items()},
-        )
+        return Pass(input=x, logits=logits, features=feats)
 
 
 def _eval_forward(model: nn.Module, x: Tensor) -> Any:

@@ -99,6 +99,15 @@ def _seed_for(seed: int, stage_index: int, iteration: int) -> int:
     return (seed * 1_000_003 + stage_index * 10_000_019 + iteration) % (2**63 - 1)
 
 
+def _seed_step(seed: int, device: torch.device) -> None:
+    # The generators a step can draw from: the CPU one (augmentation, views on CPU) and
+    # the training device's. Same streams as torch.manual_seed, which also seeds every
+    # lazily-initialised backend (cuda, xpu, mtia...) through Python and costs a few ms.
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed)
+
+
 class Trainer:
     """Builds everything a recipe names and runs its stages."""
 
@@ -212,8 +221,9 @@ class Trainer:
         def step(engine: Engine, batch: tuple[Tensor, Tensor, Tensor]) -> dict[str, Tensor]:
             x, y, idx = batch
             it = engine.state.iteration
-            torch.manual_seed(_seed_for(cfg.seed, index, it))
-            distiller.train()
+            _seed_step(_seed_for(cfg.seed, index, it), device)
+            if not (distiller.training and distiller.student.training):  # walking all modules
+                distiller.train()  # every step costs more than a small forward
             x = augment(x, aug.crop_padding, aug.hflip)
             if channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
