@@ -95,8 +95,9 @@ def plain_teacher_inference(teacher: torch.nn.Module, x: torch.Tensor, **opt: An
     amp = opt.get("amp")
 
     def step() -> None:
-        with torch.inference_mode(), torch.autocast(
-            "cpu", dtype=torch.bfloat16, enabled=amp == "bf16"
+        with (
+            torch.inference_mode(),
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"),
         ):
             teacher(x)
 
@@ -380,9 +381,15 @@ def render(results: dict[str, Any]) -> str:
             "| --- | --- | ---: | ---: | ---: | ---: |",
         ]
         for r in rows:
-            fam = ("logit" if r["method"] in LOGIT_METHODS else
-                   "feature" if r["method"] in FEATURE_METHODS else
-                   "" if r["method"].startswith("(") else "other")
+            fam = (
+                "logit"
+                if r["method"] in LOGIT_METHODS
+                else "feature"
+                if r["method"] in FEATURE_METHODS
+                else ""
+                if r["method"].startswith("(")
+                else "other"
+            )
             if "error" in r:
                 lines.append(f"| {r['method']} | {fam} | failed: {r['error']} | | | |")
             else:
@@ -415,12 +422,25 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pairs", nargs="+", default=list(PAIRS))
     p.add_argument("--methods", nargs="+", help="default: every registered method but ce")
+    p.add_argument(
+        "--cifar-methods", nargs="+", help="methods on the CIFAR pairs (default: --methods)"
+    )
+    p.add_argument(
+        "--full-pairs",
+        nargs="*",
+        default=None,
+        help="pairs that get every method even when --cifar-methods is given",
+    )
     p.add_argument("--steps", type=int, default=15)
     p.add_argument("--cifar-steps", type=int, default=5, help="steps for the CIFAR pairs")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, help="torch intra-op threads")
-    p.add_argument("--options", nargs="*", default=["digits", "resnet56-resnet20"],
-                   help="pairs on which the speed options are measured")
+    p.add_argument(
+        "--options",
+        nargs="*",
+        default=["digits", "resnet56-resnet20"],
+        help="pairs on which the speed options are measured",
+    )
     p.add_argument("--option-methods", nargs="+", default=["kd", "at"])
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     p.add_argument("--json", help="also write the raw numbers here")
@@ -446,7 +466,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     for pair in pairs:
         steps = args.steps if pair == "digits" else args.cifar_steps
-        results["rows"] += measure_pair(pair, methods, steps, args.warmup, log)
+        chosen = methods
+        if pair != "digits" and args.cifar_methods and pair not in (args.full_pairs or []):
+            chosen = [m for m in args.cifar_methods if m in METHODS]
+        results["rows"] += measure_pair(pair, chosen, steps, args.warmup, log)
     for pair in args.options:
         if pair in pairs:
             steps = args.steps if pair == "digits" else args.cifar_steps

@@ -202,7 +202,9 @@ def test_digits_ci_writes_report(ci_bench: Path) -> None:
     van = {r["seed"]: float(r["test_acc_best"]) for r in rows if r["method"] == "vanilla"}
     for r in rows:
         if r["method"] in ("kd", "logits"):
-            assert float(r["gain_best"]) == pytest.approx(float(r["test_acc_best"]) - van[r["seed"]])
+            assert float(r["gain_best"]) == pytest.approx(
+                float(r["test_acc_best"]) - van[r["seed"]]
+            )
     table = (report / "table.md").read_text()
     assert "best-val" in table and "| kd " in table and "| logits " in table
 
@@ -217,7 +219,9 @@ def test_killed_bench_resumes_without_rerunning_finished(
     (killed / "results.json").unlink()  # killed after its last checkpoint, before results
     gone = runs["cnn_medium-cnn_small/logits/seed1"].run_dir
     shutil.rmtree(gone)  # never started
-    before = json.loads((runs["cnn_medium-cnn_small/kd/seed0"].run_dir / "results.json").read_text())
+    before = json.loads(
+        (runs["cnn_medium-cnn_small/kd/seed0"].run_dir / "results.json").read_text()
+    )
     calls: list[tuple[str, bool]] = []
     real_train = bench_run.train
 

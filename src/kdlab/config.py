@@ -84,6 +84,10 @@ class TrainConfig(Strict):
     amp: Literal["off", "bf16", "fp16"] = "off"
     channels_last: bool = False
     compile: bool = False
+    cache_teacher: bool = Field(
+        False,
+        description="reuse the teacher's outputs per sample; exact only without augmentation",
+    )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads")
     checkpoint_every: int | None = Field(

@@ -164,7 +164,8 @@ class Distiller(nn.Module):
                 student_passes[sv] = self._student_pass(view(sv), grad)
             if term.needs_teacher and tv not in teacher_passes:
                 grad = any(t.teacher_input_grad and t.params.teacher_view == tv for t, _, _ in plan)
-                teacher_passes[tv] = self._teacher_pass(view(tv), grad)
+                cached = indices if tv == "default" else None  # only the batch itself
+                teacher_passes[tv] = self._teacher_pass(view(tv), grad, cached)
         if "default" not in student_passes:  # logits for train accuracy
             student_passes["default"] = self._student_pass(inputs, False)
 
@@ -210,9 +211,25 @@ class Distiller(nn.Module):
         feats = {tap: self.student_taps.get(tap) for tap in self.student_taps.taps}
         return Pass(input=x, logits=logits, features=feats)
 
-    def _teacher_pass(self, x: Tensor, input_grad: bool) -> Pass:
+    def enable_teacher_cache(self, num_samples: int) -> None:
+        """Keep the teacher's logits and tapped features per training sample.
+
+        Exact only when the teacher sees the same input for a sample every epoch (no
+        augmentation; views other than ``default`` are never cached). The cache is not
+        part of the state dict: a resumed run recomputes it.
+        """
+        self._teacher_cache = TeacherCache(num_samples)
+
+    def _teacher_pass(
+        self, x: Tensor, input_grad: bool, indices: Tensor | None = None
+    ) -> Pass:
         teacher, taps = self.teacher, self.teacher_taps
         assert teacher is not None and taps is not None
+        cache = getattr(self, "_teacher_cache", None)
+        if cache is not None and indices is not None and not input_grad:
+            hit = cache.get(indices, x)
+            if hit is not None:
+                return hit
         taps.clear()
         if input_grad:  # Jacobian terms differentiate the teacher w.r.t. its input
             x = x.detach().requires_grad_(True)
@@ -226,7 +243,43 @@ class Distiller(nn.Module):
         with torch.no_grad():
             logits = model_logits(teacher(x))
             feats = {tap: taps.get(tap) for tap in taps.taps}
+        if cache is not None and indices is not None:
+            cache.put(indices, logits, feats)
         return Pass(input=x, logits=logits, features=feats)
+
+
+class TeacherCache:
+    """Teacher logits and features by training-sample index, filled as batches come."""
+
+    def __init__(self, num_samples: int) -> None:
+        self.num_samples = num_samples
+        self.filled: Tensor | None = None
+        self.logits: Tensor | None = None
+        self.features: dict[Tap, Tensor] = {}
+
+    def get(self, indices: Tensor, x: Tensor) -> Pass | None:
+        if self.filled is None or self.logits is None:
+            return None
+        idx = indices.to(self.filled.device)
+        if not bool(self.filled[idx].all()):
+            return None
+        return Pass(
+            input=x,
+            logits=self.logits[idx],
+            features={k: v[idx] for k, v in self.features.items()},
+        )
+
+    def put(self, indices: Tensor, logits: Tensor, features: dict[Tap, Tensor]) -> None:
+        n, dev = self.num_samples, logits.device
+        if self.filled is None or self.logits is None:
+            self.filled = torch.zeros(n, dtype=torch.bool, device=dev)
+            self.logits = logits.new_empty((n, *logits.shape[1:]))
+            self.features = {k: v.new_empty((n, *v.shape[1:])) for k, v in features.items()}
+        idx = indices.to(dev)
+        self.logits[idx] = logits.to(self.logits.dtype)
+        for k, v in features.items():
+            self.features[k][idx] = v.to(self.features[k].dtype)
+        self.filled[idx] = True
 
 
 def _eval_forward(model: nn.Module, x: Tensor) -> Any:

@@ -132,7 +132,7 @@ def protocol_path(name_or_path: str | Path) -> Path:
 
 def _find(rel: str, base: Path) -> Path:
     p = Path(rel)
-    for cand in ([p] if p.is_absolute() else [base / p, p]):
+    for cand in [p] if p.is_absolute() else [base / p, p]:
         if cand.exists():
             return cand
     raise ConfigError(
@@ -276,7 +276,9 @@ def expand(proto: Protocol, out: Path, overrides: list[str] | None = None) -> li
                 distill={"terms": [{"method": "ce"}]},
             )
             runs.append(
-                RunSpec(VANILLA, pair.label, VANILLA, seed, vcfg, _run_dir(out, pair, VANILLA, seed))
+                RunSpec(
+                    VANILLA, pair.label, VANILLA, seed, vcfg, _run_dir(out, pair, VANILLA, seed)
+                )
             )
             for method, distill in proto.methods.items():
                 distill = copy.deepcopy(distill)
@@ -290,7 +292,9 @@ def expand(proto: Protocol, out: Path, overrides: list[str] | None = None) -> li
                     distill=distill,
                 )
                 runs.append(
-                    RunSpec("method", pair.label, method, seed, mcfg, _run_dir(out, pair, method, seed))
+                    RunSpec(
+                        "method", pair.label, method, seed, mcfg, _run_dir(out, pair, method, seed)
+                    )
                 )
     return runs
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from kdlab.engine.env import environment, resolve_device
 from kdlab.engine.evaluate import evaluate
 from kdlab.engine.optim import build_optimizer, build_scheduler
 from kdlab.engine.stages import Stage, resolve_stages, trainable_parameters
-from kdlab.errors import CheckpointError, NumericalError
+from kdlab.errors import CheckpointError, ConfigError, NumericalError
 from kdlab.methods import build_terms
 from kdlab.models import count_parameters, create_model
 from kdlab.views import build_views
@@ -108,6 +109,27 @@ def _seed_step(seed: int, device: torch.device) -> None:
         torch.cuda.manual_seed(seed)
 
 
+def _enable_teacher_cache(cfg: RunConfig, distiller: Distiller, num_samples: int) -> None:
+    aug = cfg.data.augment
+    if aug.crop_padding or aug.hflip:
+        raise ConfigError(
+            "train.cache_teacher reuses the teacher's outputs for each sample, which is exact "
+            "only when the teacher sees the same input every epoch; data.augment "
+            f"(crop_padding={aug.crop_padding}, hflip={aug.hflip}) changes it: turn one off"
+        )
+    views = sorted(
+        {t.params.teacher_view for t in distiller.terms.values() if t.needs_teacher}
+        - {"default"}
+    )
+    if views:
+        warnings.warn(
+            f"train.cache_teacher: teacher view(s) {views} change the input each step and "
+            "are computed every step; only the default view is cached",
+            stacklevel=3,
+        )
+    distiller.enable_teacher_cache(num_samples)
+
+
 class Trainer:
     """Builds everything a recipe names and runs its stages."""
 
@@ -154,6 +176,13 @@ class Trainer:
         ).to(self.device)
         if tcfg.channels_last and d.train.x.dim() == 4:
             self.distiller.to(memory_format=torch.channels_last)
+        if tcfg.cache_teacher and teacher is not None:
+            _enable_teacher_cache(cfg, self.distiller, len(d.train))
+        if tcfg.compile:
+            # In place (Module.compile): parameter names, hooks and checkpoints are unchanged.
+            student.compile()
+            if teacher is not None:
+                teacher.compile()
         self.stages = resolve_stages(cfg, self.distiller)
         self.train_loader = make_loader(
             d.train, cfg.data.batch_size, train=True, seed=cfg.seed, device=self.device
