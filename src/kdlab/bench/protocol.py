@@ -22,7 +22,8 @@ user-defined protocol. Format::
       kd: configs/digits/kd.yaml       # a recipe file: its 'distill' section is used
       logits: {terms: [{method: logits}]}   # or an inline distill section
     recipes: configs/digits            # optional: every recipe here with a teacher is
-                                       # a method named after its file stem
+                                       # a method named after its file stem (files
+                                       # starting with '_' are skipped)
 
 Relative paths are looked up next to the protocol file first, then in the current
 folder. ``vanilla`` (the student alone, cross-entropy only) is always part of the
@@ -173,6 +174,8 @@ def load_protocol(
         )
     if folder is not None:
         for recipe in sorted(folder.glob("*.yaml")):
+            if recipe.name.startswith(("_", ".")):  # private / scratch files
+                continue
             data = read_yaml(recipe)
             if data.get("teacher") and (data.get("distill") or {}).get("terms"):
                 found[recipe.stem] = data["distill"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from pathlib import Path
 
 
@@ -51,7 +50,7 @@ def run_bench(args: argparse.Namespace) -> int:
     proto = load_protocol(args.protocol, methods=methods, seeds=args.seeds)
     out = Path(args.out) if args.out else Path("runs") / "bench" / proto.name
     records = run_matrix(proto, out, args.overrides, progress=not args.no_progress)
-    command = "kdlab " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
+    command = _command_line(args)
     paths = write_report(
         proto,
         records,
@@ -63,3 +62,15 @@ def run_bench(args: argparse.Namespace) -> int:
     for key, path in paths.items():
         print(f"{key}: {path}")
     return 0
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The invocation, for the report (rebuilt from the parsed arguments)."""
+    parts = ["kdlab", "bench", args.protocol, *args.overrides]
+    if args.seeds:
+        parts += ["--seeds", *map(str, args.seeds)]
+    if args.methods:
+        parts += ["--methods", *args.methods]
+    if args.out:
+        parts += ["--out", args.out]
+    return " ".join(shlex.quote(p) for p in parts)
