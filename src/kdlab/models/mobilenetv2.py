@@ -27,10 +27,10 @@ final 2x2 map is the same mean), so any input size works (8x8 digits with
 
 Useful taps (32x32 input, width 0.5): ``conv1`` (16x16x16), ``blocks.1`` (12x16x16),
 ``blocks.2`` (16x8x8), ``blocks.4`` (48x4x4), ``blocks.6`` (160x2x2): the stage outputs
-RepDistiller returns as features (linear bottlenecks, so they are already
-pre-activation); ``blocks.1.1.conv.7`` etc.: the last BN of a stage, what
-RepDistiller hands to AB; ``conv2`` (1280x2x2); ``classifier:input`` penultimate
-features (1280).
+RepDistiller returns as features, with or without ``preact`` (linear bottlenecks end
+without a ReLU), so also what its AB uses; ``blocks.1.1.conv.7`` etc.: the last BN of a
+stage's residual branch (RepDistiller's ``get_bn_before_relu``); ``conv2`` (1280x2x2);
+``classifier:input`` penultimate features (1280).
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ change no parameter and no output on 32x32 inputs: the ReLU after each group is 
 Useful taps (32x32 input):
 
 - ``block1`` (128x16x16), ``block2`` (256x8x8), ``block3`` (512x4x4), ``block4``
-  (512x4x4): group outputs *before* their ReLU, i.e. the last BN, the pre-activations
-  RepDistiller hands to AB.
+  (512x4x4): group outputs *before* their ReLU, i.e. the last BN: RepDistiller's
+  ``preact`` features (what its AB uses).
 - ``relu0`` .. ``relu4``: the same after the ReLU (``relu0`` is 64x32x32).
 - ``classifier:input``: penultimate features (512).
 """

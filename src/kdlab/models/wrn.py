@@ -17,8 +17,8 @@ Useful taps (32x32 input, wrn_40_2):
   (128x8x8): group outputs. Being pre-activation blocks, these are sums *before* any
   BN-ReLU.
 - ``block2.layer.0.bn1``, ``block3.layer.0.bn1``, ``bn1``: the BN applied to the
-  previous group's output right before a ReLU, i.e. the pre-activations RepDistiller
-  hands to AB (``get_bn_before_relu``) and its ``preact`` features.
+  previous group's output right before a ReLU, i.e. RepDistiller's ``preact`` features
+  (what its AB uses) and its ``get_bn_before_relu`` modules.
 - ``relu`` (128x8x8): the final activated map; ``fc:input`` the penultimate features.
 """
 
