@@ -239,3 +239,31 @@ def test_killed_bench_resumes_without_rerunning_finished(
     calls.clear()
     run_matrix(proto, out, progress=False)
     assert calls == []  # everything finished: nothing is trained again
+
+
+def test_a_failing_run_is_recorded_and_the_rest_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proto = load_protocol(_write_protocol(tmp_path / "p.yaml", seeds=[0]))
+    out = tmp_path / "out"
+
+    def fake_train(cfg, run_dir=None, resume=False, **kw):  # noqa: ANN001, ANN202
+        if "kd" in cfg.name:
+            raise ValueError("broken method")
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        res = {"test_acc_best": 90.0, "test_acc_last": 89.0, "selection": "best-val"}
+        (Path(run_dir) / "results.json").write_text(json.dumps(res))
+
+    monkeypatch.setattr(bench_run, "train", fake_train)
+    failures: list = []
+    records = run_matrix(proto, out, progress=False, failures=failures)
+    assert [r.spec.method for r in records] == ["teacher", "vanilla"]
+    assert [(s.method, msg) for s, msg in failures] == [("kd", "ValueError: broken method")]
+    assert "broken method" in (failures[0][0].run_dir / "error.txt").read_text()
+    table = write_report(proto, records, out / "report", plots=False, failures=failures)
+    assert "tiny-kd-seed0" not in table["table"].read_text()
+    assert (
+        "`cnn_medium-cnn_small/kd/seed0`: ValueError: broken method" in table["table"].read_text()
+    )
+    with pytest.raises(ValueError, match="broken method"):
+        run_matrix(proto, out, progress=False, keep_going=False)

@@ -193,6 +193,7 @@ def write_report(
     folder: str | Path,
     command: str | None = None,
     plots: bool = True,
+    failures: Sequence[tuple[Any, str]] = (),
 ) -> dict[str, Path]:
     """Write ``runs.csv``, ``table.md`` and the plots into ``folder``; return their paths."""
     folder = Path(folder)
@@ -216,6 +217,10 @@ def write_report(
     if proto.spec.reference_note:
         lines += ["", proto.spec.reference_note.strip()]
     lines += ["", summary_tables(proto, rows), ""]
+    if failures:
+        lines += ["## Failed runs (not in the table; rerun the command to retry them)", ""]
+        lines += [f"- `{spec.label}`: {msg.splitlines()[0][:200]}" for spec, msg in failures]
+        lines.append("")
     paths["table"].write_text("\n".join(lines))
     if plots:
         paths["gain_plot"] = folder / GAIN_PLOT

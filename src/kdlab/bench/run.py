@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from kdlab.data import DataBundle, build_dataset
 from kdlab.engine import train
 
 RESULTS = "results.json"
+ERROR = "error.txt"
 
 
 @dataclass
@@ -56,12 +58,18 @@ def run_matrix(
     overrides: list[str] | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    keep_going: bool = True,
+    failures: list[tuple[RunSpec, str]] | None = None,
 ) -> list[RunRecord]:
     """Train every unfinished run of the matrix in ``out`` and return all records.
 
     A run whose folder holds ``results.json`` is read, not retrained; a run folder
-    without it (a killed run) is resumed from its last good checkpoint.
+    without it (a killed run) is resumed from its last good checkpoint. With
+    ``keep_going`` a run that raises is logged to its ``error.txt``, appended to
+    ``failures`` and skipped (runs that need its teacher fail too); the next invocation
+    tries it again.
     """
+    failures = failures if failures is not None else []
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = expand(proto, out, overrides)
@@ -107,13 +115,25 @@ def run_matrix(
             resume = spec.run_dir.exists()
             if log is not None:
                 log(f"{'resuming' if resume else 'training'} {spec.label} in {spec.run_dir}")
-            train(
-                spec.cfg,
-                run_dir=spec.run_dir,
-                resume=resume,
-                progress=on_step,
-                bundle=bundles[key],
-            )
+            try:
+                train(
+                    spec.cfg,
+                    run_dir=spec.run_dir,
+                    resume=resume,
+                    progress=on_step,
+                    bundle=bundles[key],
+                )
+            except Exception as err:  # one broken run must not end a long benchmark
+                if not keep_going:
+                    raise
+                message = f"{type(err).__name__}: {err}"
+                spec.run_dir.mkdir(parents=True, exist_ok=True)
+                (spec.run_dir / ERROR).write_text(traceback.format_exc())
+                failures.append((spec, message))
+                tqdm.write(f"kdlab bench: {spec.label} failed ({message.splitlines()[0]})")
+                bar.update(1)
+                continue
+            (spec.run_dir / ERROR).unlink(missing_ok=True)
             records.append(read_record(spec, trained_now=True))
             bar.update(1)
     finally:

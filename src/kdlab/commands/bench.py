@@ -30,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", help="report folder (default: <out>/report)")
     p.add_argument("--no-plots", action="store_true", help="skip the matplotlib plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--fail-fast", action="store_true", help="stop at the first failing run (default: go on)"
+    )
     p.add_argument("--list", action="store_true", help="list the shipped protocols and exit")
     p.set_defaults(func=run_bench)
 
@@ -49,7 +52,15 @@ def run_bench(args: argparse.Namespace) -> int:
         methods = [m for item in args.methods for m in item.split(",") if m]
     proto = load_protocol(args.protocol, methods=methods, seeds=args.seeds)
     out = Path(args.out) if args.out else Path("runs") / "bench" / proto.name
-    records = run_matrix(proto, out, args.overrides, progress=not args.no_progress)
+    failures: list = []
+    records = run_matrix(
+        proto,
+        out,
+        args.overrides,
+        progress=not args.no_progress,
+        keep_going=not args.fail_fast,
+        failures=failures,
+    )
     command = _command_line(args)
     paths = write_report(
         proto,
@@ -57,10 +68,14 @@ def run_bench(args: argparse.Namespace) -> int:
         Path(args.report) if args.report else out / "report",
         command=command,
         plots=not args.no_plots,
+        failures=failures,
     )
     print(paths["table"].read_text())
     for key, path in paths.items():
         print(f"{key}: {path}")
+    if failures:
+        print(f"kdlab bench: {len(failures)} run(s) failed; see error.txt in their folders")
+        return 1
     return 0
 
 
