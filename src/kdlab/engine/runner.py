@@ -9,6 +9,7 @@ metrics, checkpoints and the final weights, so any number can be traced back.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -256,8 +257,10 @@ class Trainer:
             x = augment(x, aug.crop_padding, aug.hflip)
             if channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(
-                device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
+            with (
+                torch.autocast(device.type, dtype=autocast_dtype)
+                if autocast_dtype is not None
+                else contextlib.nullcontext()  # a disabled autocast still costs per step
             ):
                 out = distiller(
                     x, y, idx, losses=plan_losses, epoch=engine.state.epoch - 1, iteration=it
