@@ -412,6 +412,27 @@ def render(results: dict[str, Any]) -> str:
                     f"| {r['teacher_ms']:.1f} | {r['ratio']:.2f} | {r['ratio_min']:.2f} |"
                 )
         lines.append("")
+    before = results.get("before")
+    if before:
+        lines += [
+            "## Speed work: before and after",
+            "",
+            before.get("note", ""),
+            "",
+            "| pair | method | distill step before (ms) | ratio before | distill step after "
+            "(ms) | ratio after |",
+            "| --- | --- | ---: | ---: | ---: | ---: |",
+        ]
+        old = {(r["pair"], r["method"]): r for r in before["rows"] if "error" not in r}
+        for r in results["rows"]:
+            b = old.get((r["pair"], r["method"]))
+            if b is None or "error" in r:
+                continue
+            lines.append(
+                f"| {r['pair']} | {r['method']} | {b['distill_ms']:.1f} | {b['ratio']:.2f} "
+                f"| {r['distill_ms']:.1f} | {r['ratio']:.2f} |"
+            )
+        lines.append("")
     if results.get("options"):
         lines += ["## Speed options", ""]
         opt_methods = results["option_methods"]
@@ -459,11 +480,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     p.add_argument("--json", help="also write the raw numbers here")
     p.add_argument(
+        "--render",
+        nargs="+",
+        metavar="JSON",
+        help="only re-render: RESULTS JSON [BEFORE JSON [note]] (a before/after table)",
+    )
+    p.add_argument(
         "--clock",
         choices=["thread", "wall"],
         help="thread: CPU time of the training thread (default with --threads 1); wall",
     )
     args = p.parse_args(argv)
+    if args.render:
+        results = json.loads(Path(args.render[0]).read_text())
+        if len(args.render) > 1:
+            results["before"] = json.loads(Path(args.render[1]).read_text())
+            results["before"]["note"] = " ".join(args.render[2:])
+        Path(args.out).write_text(render(results))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     global CLOCK
