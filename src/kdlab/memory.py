@@ -1,0 +1,126 @@
+"""CRD's memory bank: one momentum-updated embedding per training sample, per model.
+
+Tian et al. (arXiv:1910.10699, sec. 3.4 and appendix) draw N negatives per positive
+from a memory buffer instead of a huge batch, as in instance discrimination (Wu et al.
+2018). The banks are buffers, so they are saved with a checkpoint and move with
+``.to()``; loading a checkpoint resizes them to the saved size.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdlab.errors import DataError
+
+
+class ContrastMemory(nn.Module):
+    """Student and teacher embedding banks, ``(num_data, dim)`` each, and the scores.
+
+    ``scores(es, et, indices)`` returns two ``(b, 1 + N)`` tensors of
+    ``exp(<anchor, bank entry> / tau) / Z``: the student embeddings against the teacher
+    bank and the teacher embeddings against the student bank, column 0 being the
+    sample's own entry (the positive). ``Z`` is estimated once, from the first batch,
+    as ``mean(exp(...)) * num_data`` and then kept fixed (the authors' NCE
+    implementation). Negatives are drawn uniformly from the other ``num_data - 1``
+    samples, with replacement. In training mode the banks are then updated:
+    ``m * old + (1 - m) * new``, renormalised.
+    """
+
+    memory_s: Tensor
+    memory_t: Tensor
+    z_s: Tensor
+    z_t: Tensor
+
+    def __init__(
+        self,
+        dim: int,
+        num_data: int = 0,
+        num_negatives: int = 16384,
+        temperature: float = 0.07,
+        momentum: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.num_negatives = num_negatives
+        self.temperature = temperature
+        self.momentum = momentum
+        self.register_buffer("memory_s", torch.empty(0, dim))
+        self.register_buffer("memory_t", torch.empty(0, dim))
+        self.register_buffer("z_s", torch.tensor(-1.0))
+        self.register_buffer("z_t", torch.tensor(-1.0))
+        if num_data:
+            self.reset(num_data)
+
+    @property
+    def num_data(self) -> int:
+        return int(self.memory_s.shape[0])
+
+    @torch.no_grad()
+    def reset(self, num_data: int) -> None:
+        """(Re)allocate both banks for ``num_data`` samples, uniform in ``[-a, a]``.
+
+        ``a = 1 / sqrt(dim / 3)`` gives each coordinate variance ``1 / dim``, so a random
+        entry has about unit norm, like the embeddings that will replace it.
+        """
+        if num_data < 2:
+            raise DataError(f"crd needs a training set of at least 2 samples, got {num_data}")
+        device = self.memory_s.device
+        a = 1.0 / math.sqrt(self.dim / 3.0)
+        self.memory_s = torch.rand(num_data, self.dim, device=device) * (2 * a) - a
+        self.memory_t = torch.rand(num_data, self.dim, device=device) * (2 * a) - a
+        self.z_s = torch.tensor(-1.0, device=device)
+        self.z_t = torch.tensor(-1.0, device=device)
+
+    def draw(self, indices: Tensor) -> Tensor:
+        """``(b, 1 + N)`` bank rows: each sample's own index, then N others."""
+        n = self.num_data
+        k = min(self.num_negatives, n - 1)
+        neg = torch.randint(0, n - 1, (indices.shape[0], k), device=indices.device)
+        neg = neg + (neg >= indices[:, None]).long()  # skip the positive itself
+        return torch.cat([indices[:, None], neg], dim=1)
+
+    def scores(self, es: Tensor, et: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+        if self.num_data == 0:
+            raise DataError("crd: the memory bank is empty; bind_data(num_samples) first")
+        indices = indices.to(self.memory_s.device).long()
+        if int(indices.min()) < 0 or int(indices.max()) >= self.num_data:
+            raise DataError(
+                f"crd: sample indices must lie in [0, {self.num_data - 1}] (the training "
+                f"set), got [{int(indices.min())}, {int(indices.max())}]"
+            )
+        idx = self.draw(indices)
+        bank_t = self.memory_t[idx].to(es.dtype)  # advanced indexing copies: safe to update later
+        bank_s = self.memory_s[idx].to(et.dtype)
+        out_s = torch.exp(torch.bmm(bank_t, es.unsqueeze(2)).squeeze(2) / self.temperature)
+        out_t = torch.exp(torch.bmm(bank_s, et.unsqueeze(2)).squeeze(2) / self.temperature)
+        with torch.no_grad():
+            if self.z_s < 0:
+                self.z_s.fill_(float(out_s.mean()) * self.num_data)
+            if self.z_t < 0:
+                self.z_t.fill_(float(out_t.mean()) * self.num_data)
+        if self.training:
+            self.update(es.detach(), et.detach(), indices)
+        return out_s / self.z_s, out_t / self.z_t
+
+    @torch.no_grad()
+    def update(self, es: Tensor, et: Tensor, indices: Tensor) -> None:
+        m = self.momentum
+        for bank, new in ((self.memory_s, es), (self.memory_t, et)):
+            mixed = bank[indices] * m + new.to(bank.dtype) * (1.0 - m)
+            bank.index_copy_(0, indices, F.normalize(mixed, p=2, dim=1))
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # A checkpoint's banks define the size: adopt it before the copy.
+        for name in ("memory_s", "memory_t"):
+            saved = state_dict.get(prefix + name)
+            current = getattr(self, name)
+            if isinstance(saved, Tensor) and saved.shape != current.shape:
+                setattr(self, name, torch.empty_like(saved, device=current.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
