@@ -56,22 +56,29 @@ class ContrastiveRepresentationDistillation(Term):
     Params = CRDParams
     default_weight = 0.8
 
+    def __init__(self, params: CRDParams) -> None:
+        super().__init__(params)
+        self._num_data = params.num_data or 0
+
     def setup(self, shapes: Shapes) -> None:
         p: CRDParams = self.params  # type: ignore[assignment]
         ((s, t),) = self.paired_taps()
         self.embed_s = Embed(shapes.student[s][1:].numel(), p.embed_dim)
         self.embed_t = Embed(shapes.teacher[t][1:].numel(), p.embed_dim)
         self.memory = ContrastMemory(
-            p.embed_dim, p.num_data or 0, p.num_negatives, p.temperature, p.momentum
+            p.embed_dim, self._num_data, p.num_negatives, p.temperature, p.momentum
         )
         self.memory.to(self.embed_s.linear.weight.device)
 
     def bind_data(self, num_samples: int) -> None:
-        """Size the memory bank for a training set of ``num_samples`` (engine hook)."""
-        if not hasattr(self, "memory"):
-            raise TapError(f"term {self.term_name!r}: bind_data() before setup()")
-        if self.memory.num_data != num_samples:
-            self.memory.reset(num_samples)
+        """Size the memory bank for a training set of ``num_samples`` (engine hook).
+
+        May be called before or after ``setup``; a bank of another size is reallocated.
+        """
+        self._num_data = int(num_samples)
+        memory = getattr(self, "memory", None)
+        if memory is not None and memory.num_data != self._num_data:
+            memory.reset(self._num_data)
 
     def forward(self, ctx: StepContext) -> Tensor:
         if not hasattr(self, "memory"):
