@@ -249,6 +249,25 @@ def test_memory_draws_negatives_excluding_the_positive() -> None:
     assert int(drawn.min()) >= 0 and int(drawn.max()) <= 6
 
 
+def test_memory_other_class_negatives() -> None:
+    torch.manual_seed(0)
+    mem = ContrastMemory(dim=4, num_data=7, num_negatives=400)
+    labels = torch.tensor([2, 0, 1, 0, 1, 1, 2])
+    mem.set_labels(labels)
+    drawn = mem.draw(torch.tensor([0, 1, 4]))
+    assert drawn.shape == (3, 1 + 6)  # still capped at num_data - 1
+    mem.num_negatives = 6
+    many = torch.cat([mem.draw(torch.tensor([0, 1, 4]))[:, 1:] for _ in range(300)], dim=1)
+    for row, idx in enumerate((0, 1, 4)):
+        others = {i for i in range(7) if labels[i] != labels[idx]}
+        assert set(many[row].tolist()) == others  # every other-class sample, nothing else
+    # roughly uniform over them: 1800 draws over 4 or 5 candidates
+    counts = torch.bincount(many[1], minlength=7).float()
+    assert counts[[0, 2, 4, 5, 6]].min() > 1800 / 5 * 0.8
+    with pytest.raises(DataError, match="labels"):
+        mem.set_labels(torch.zeros(3, dtype=torch.long))
+
+
 def test_memory_scores_update_and_state_dict() -> None:
     torch.manual_seed(0)
     mem = ContrastMemory(dim=3, num_data=5, num_negatives=4, temperature=0.5, momentum=0.25)
@@ -332,7 +351,11 @@ SPECS = {
     "sp": {"method": "sp", "student": ["stages.1"], "teacher": ["stages.2"]},
     "cc": {"method": "cc", **TAPS_FC},
     "cc_embed": {"method": "cc", "embed_dim": 16, **TAPS_FC},
-    "vid": {"method": "vid", "student": ["stages.0", "stages.1"], "teacher": ["stages.0", "stages.2"]},
+    "vid": {
+        "method": "vid",
+        "student": ["stages.0", "stages.1"],
+        "teacher": ["stages.0", "stages.2"],
+    },
     "rkd": {"method": "rkd", **TAPS_FC},
     "crd": {"method": "crd", "num_negatives": 32, "embed_dim": 8, **TAPS_FC},
     "dkd": {"method": "dkd", "warmup_epochs": 0},
@@ -429,8 +452,26 @@ def test_crd_needs_data_and_indices() -> None:
     assert any(k.endswith("memory.memory_t") for k in dist.state_dict())
 
 
+def test_crd_bound_before_setup_as_the_engine_does() -> None:
+    torch.manual_seed(0)
+    student = create_model("cnn_small", num_classes=10, in_channels=1)
+    teacher = create_model("cnn_medium", num_classes=10, in_channels=1)
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 0, 1])
+    term = build_term({"method": "crd", "negatives": "other_class", "embed_dim": 8})
+    term.bind_data(10, labels=torch.tensor([0, 1] * 5))
+    dist = Distiller(student, teacher, [term], example_input=x)
+    assert term.memory.num_data == 10
+    out = dist(x, y, indices=torch.tensor([0, 1, 2, 3]))
+    assert torch.isfinite(out.total)
+    drawn = term.memory.draw(torch.tensor([0, 1]))
+    assert (drawn[0, 1:] % 2 == 1).all() and (drawn[1, 1:] % 2 == 0).all()
+    term.bind_data(10)  # labels dropped: other_class can no longer draw
+    with pytest.raises(ConfigError, match="other_class"):
+        dist(x, y, indices=torch.tensor([0, 1, 2, 3]))
+
+
 def test_bad_taps_are_clear_errors() -> None:
     with pytest.raises(TapError, match="1 student taps but 2 teacher taps"):
-        make_distiller({"method": "sp", "student": ["stages.1"], "teacher": ["stages.1", "stages.2"]})
+        make_distiller({"method": "sp", "student": ["pool"], "teacher": ["stages.1", "stages.2"]})
     with pytest.raises(ConfigError, match="crd"):
         build_term({"method": "crd", "student": ["stages.0", "fc:input"]})

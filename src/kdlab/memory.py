@@ -26,8 +26,9 @@ class ContrastMemory(nn.Module):
     bank and the teacher embeddings against the student bank, column 0 being the
     sample's own entry (the positive). ``Z`` is estimated once, from the first batch,
     as ``mean(exp(...)) * num_data`` and then kept fixed (the authors' NCE
-    implementation). Negatives are drawn uniformly from the other ``num_data - 1``
-    samples, with replacement. In training mode the banks are then updated:
+    implementation). Negatives are drawn with replacement, uniformly from the other
+    ``num_data - 1`` samples or, after :meth:`set_labels`, from the samples of other
+    classes (RepDistiller's CIFAR "exact" mode). In training mode the banks are then updated:
     ``m * old + (1 - m) * new``, renormalised.
     """
 
@@ -53,6 +54,9 @@ class ContrastMemory(nn.Module):
         self.register_buffer("memory_t", torch.empty(0, dim))
         self.register_buffer("z_s", torch.tensor(-1.0))
         self.register_buffer("z_t", torch.tensor(-1.0))
+        # other-class negatives (set_labels): derived from labels, so not saved
+        for name in ("_class_order", "_sample_start", "_sample_count"):
+            self.register_buffer(name, None, persistent=False)
         if num_data:
             self.reset(num_data)
 
@@ -75,13 +79,49 @@ class ContrastMemory(nn.Module):
         self.memory_t = torch.rand(num_data, self.dim, device=device) * (2 * a) - a
         self.z_s = torch.tensor(-1.0, device=device)
         self.z_t = torch.tensor(-1.0, device=device)
+        self.set_labels(None)
+
+    def set_labels(self, labels: Tensor | None) -> None:
+        """Training labels, for negatives drawn from other classes only (``None``: off).
+
+        Kept as non-persistent buffers: the engine binds them again on resume.
+        """
+        if labels is None:
+            self._class_order = self._sample_start = self._sample_count = None
+            return
+        labels = torch.as_tensor(labels).long().reshape(-1).to(self.memory_s.device)
+        if labels.numel() != self.num_data:
+            raise DataError(
+                f"crd: {labels.numel()} labels for a memory bank of {self.num_data} samples"
+            )
+        order = torch.argsort(labels, stable=True)
+        counts = torch.bincount(labels)
+        starts = torch.cumsum(counts, 0) - counts
+        if int(counts.max()) == self.num_data:
+            raise DataError("crd: other-class negatives need at least two classes")
+        self._class_order = order
+        self._sample_start = starts[labels]
+        self._sample_count = counts[labels]
 
     def draw(self, indices: Tensor) -> Tensor:
-        """``(b, 1 + N)`` bank rows: each sample's own index, then N others."""
+        """``(b, 1 + N)`` bank rows: each sample's own index, then N others.
+
+        Negatives are uniform, with replacement, over the other ``num_data - 1`` samples,
+        or over the samples of other classes once :meth:`set_labels` was given labels.
+        """
         n = self.num_data
         k = min(self.num_negatives, n - 1)
-        neg = torch.randint(0, n - 1, (indices.shape[0], k), device=indices.device)
-        neg = neg + (neg >= indices[:, None]).long()  # skip the positive itself
+        if self._class_order is not None:
+            start = self._sample_start[indices][:, None]
+            count = self._sample_count[indices][:, None]
+            high = n - count  # how many samples lie outside the class block
+            r = (torch.rand(indices.shape[0], k, device=indices.device) * high).long()
+            r = torch.minimum(r, high - 1)
+            r = r + (r >= start).long() * count  # jump over the class block
+            neg = self._class_order[r]
+        else:
+            neg = torch.randint(0, n - 1, (indices.shape[0], k), device=indices.device)
+            neg = neg + (neg >= indices[:, None]).long()  # skip the positive itself
         return torch.cat([indices[:, None], neg], dim=1)
 
     def scores(self, es: Tensor, et: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
@@ -94,10 +134,13 @@ class ContrastMemory(nn.Module):
                 f"set), got [{int(indices.min())}, {int(indices.max())}]"
             )
         idx = self.draw(indices)
-        bank_t = self.memory_t[idx].to(es.dtype)  # advanced indexing copies: safe to update later
-        bank_s = self.memory_s[idx].to(et.dtype)
-        out_s = torch.exp(torch.bmm(bank_t, es.unsqueeze(2)).squeeze(2) / self.temperature)
-        out_t = torch.exp(torch.bmm(bank_s, et.unsqueeze(2)).squeeze(2) / self.temperature)
+        # exp(<a, b> / 0.07) reaches e^14: compute in float32 whatever autocast says.
+        with torch.autocast(device_type=es.device.type, enabled=False):
+            es, et = es.float(), et.float()
+            bank_t = self.memory_t[idx].float()  # indexing copies: safe to update the bank later
+            bank_s = self.memory_s[idx].float()
+            out_s = torch.exp(torch.bmm(bank_t, es.unsqueeze(2)).squeeze(2) / self.temperature)
+            out_t = torch.exp(torch.bmm(bank_s, et.unsqueeze(2)).squeeze(2) / self.temperature)
         with torch.no_grad():
             if self.z_s < 0:
                 self.z_s.fill_(float(out_s.mean()) * self.num_data)

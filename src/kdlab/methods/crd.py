@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from torch import Tensor
 
@@ -21,6 +23,11 @@ class CRDParams(TermParams):
     )
     temperature: float = Field(0.07, gt=0.0, description="tau of the critic")
     momentum: float = Field(0.5, ge=0.0, lt=1.0, description="memory bank update momentum")
+    negatives: Literal["uniform", "other_class"] = Field(
+        "uniform",
+        description="uniform over the other samples (the paper), or only samples of other "
+        "classes (RepDistiller's CIFAR 'exact' mode; needs bind_data(..., labels))",
+    )
     num_data: int | None = Field(
         None, ge=2, description="training-set size; the engine fills it (bind_data)"
     )
@@ -59,6 +66,7 @@ class ContrastiveRepresentationDistillation(Term):
     def __init__(self, params: CRDParams) -> None:
         super().__init__(params)
         self._num_data = params.num_data or 0
+        self._labels: Tensor | None = None
 
     def setup(self, shapes: Shapes) -> None:
         p: CRDParams = self.params  # type: ignore[assignment]
@@ -69,16 +77,22 @@ class ContrastiveRepresentationDistillation(Term):
             p.embed_dim, self._num_data, p.num_negatives, p.temperature, p.momentum
         )
         self.memory.to(self.embed_s.linear.weight.device)
+        self.memory.set_labels(self._labels)
 
-    def bind_data(self, num_samples: int) -> None:
+    def bind_data(self, num_samples: int, labels: Tensor | None = None) -> None:
         """Size the memory bank for a training set of ``num_samples`` (engine hook).
 
-        May be called before or after ``setup``; a bank of another size is reallocated.
+        ``labels`` (the training labels, by sample index) enable ``negatives:
+        other_class``. May be called before or after ``setup``; a bank of another size is
+        reallocated.
         """
         self._num_data = int(num_samples)
+        self._labels = None if labels is None else labels.detach().long().reshape(-1).cpu()
         memory = getattr(self, "memory", None)
-        if memory is not None and memory.num_data != self._num_data:
-            memory.reset(self._num_data)
+        if memory is not None:
+            if memory.num_data != self._num_data:
+                memory.reset(self._num_data)
+            memory.set_labels(self._labels)
 
     def forward(self, ctx: StepContext) -> Tensor:
         if not hasattr(self, "memory"):
@@ -87,6 +101,12 @@ class ContrastiveRepresentationDistillation(Term):
             raise ConfigError(
                 f"term {self.term_name!r}: crd needs the training-set size; set "
                 "'num_data' or call bind_data(num_samples) before training"
+            )
+        p: CRDParams = self.params  # type: ignore[assignment]
+        if p.negatives == "other_class" and self.memory._class_order is None:
+            raise ConfigError(
+                f"term {self.term_name!r}: negatives 'other_class' needs the training labels; "
+                "call bind_data(num_samples, labels) or use negatives: uniform"
             )
         if ctx.indices is None:
             raise DataError(
