@@ -356,6 +356,7 @@ SPECS = {
         "student": ["stages.0", "stages.1"],
         "teacher": ["stages.0", "stages.2"],
     },
+    "vid_vector": {"method": "vid", **TAPS_FC},
     "rkd": {"method": "rkd", **TAPS_FC},
     "crd": {"method": "crd", "num_negatives": 32, "embed_dim": 8, **TAPS_FC},
     "dkd": {"method": "dkd", "warmup_epochs": 0},
@@ -429,6 +430,8 @@ def test_dkd_term_warms_up() -> None:
     a = dist(x, y, epoch=4).losses["dkd"]
     b = full(x, y, epoch=4).losses["dkd"]
     assert a.item() == pytest.approx(b.item() * 5 / 20, rel=1e-6)
+    with pytest.raises(DataError, match="hard integer labels"):
+        full(x, F.one_hot(y, 10).float())
 
 
 def test_crd_needs_data_and_indices() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from torch import Tensor
 
+from kdlab.errors import DataError
 from kdlab.functional.logits import dkd_loss
 from kdlab.methods.base import StepContext, Term, TermParams
 
@@ -55,6 +56,12 @@ class DecoupledKD(Term):
     def forward(self, ctx: StepContext) -> Tensor:
         p: DKDParams = self.params  # type: ignore[assignment]
         assert ctx.teacher is not None
+        if ctx.targets.dim() != 1 or ctx.targets.is_floating_point():
+            raise DataError(
+                f"term {self.term_name!r}: dkd splits the target class from the others, so "
+                f"it needs hard integer labels of shape (batch,), got "
+                f"{ctx.targets.dtype} {tuple(ctx.targets.shape)}"
+            )
         loss = dkd_loss(
             ctx.student.logits, ctx.teacher.logits, ctx.targets, p.alpha, p.beta, p.T
         )
