@@ -29,7 +29,7 @@ from kdlab.functional.relations import (
     taylor_rbf_kernel,
     vid_nll,
 )
-from kdlab.memory import ContrastMemory
+from kdlab.memory import ContrastMemory, bank_dots
 from kdlab.methods import build_term
 from kdlab.methods.dkd import warmup_factor
 from kdlab.models import create_model
@@ -247,6 +247,16 @@ def test_memory_draws_negatives_excluding_the_positive() -> None:
     assert torch.equal(drawn[:, 0], idx)
     assert not (drawn[:, 1:] == idx[:, None]).any()
     assert int(drawn.min()) >= 0 and int(drawn.max()) <= 6
+
+
+def test_bank_dots_both_paths_agree() -> None:
+    anchor, bank = rand(3, 5, seed=20), rand(40, 5, seed=21)
+    idx = torch.randint(0, 40, (3, 4), generator=torch.Generator().manual_seed(0))
+    want = torch.einsum("bd,bkd->bk", anchor, bank[idx])
+    assert torch.allclose(bank_dots(anchor, bank, idx), want)  # 40 > 8 * 4: row gather
+    small, idx2 = bank[:30], idx.clamp(max=29)
+    want2 = torch.einsum("bd,bkd->bk", anchor, small[idx2])
+    assert torch.allclose(bank_dots(anchor, small, idx2), want2)  # 30 <= 32: whole-bank product
 
 
 def test_memory_other_class_negatives() -> None:

@@ -26,7 +26,11 @@ class Embed(nn.Module):
 
 
 class VIDRegressor(nn.Module):
-    """VID's mean ``mu(s)``: three 1x1 convs with ReLUs between them (Ahn et al., sec. 4.1)."""
+    """VID's mean ``mu(s)``: three bias-free 1x1 convs with ReLUs between them.
+
+    The paper (Ahn et al.) regresses the teacher's layer from the student's with a small
+    1x1-convolution network; this stack is RepDistiller's concrete choice.
+    """
 
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int) -> None:
         super().__init__()

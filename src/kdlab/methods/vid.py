@@ -41,7 +41,8 @@ class VariationalInformationDistillation(Term):
     Knowledge Transfer, CVPR 2019 (arXiv:1904.05835).
 
     For each pair, ``q(t | s) = N(t; mu(s), diag(sigma^2))`` with ``mu`` a stack of three
-    1x1 convs (ReLU between) on the student feature and one learned variance per
+    1x1 convs (ReLU between; RepDistiller's form of the paper's 1x1-conv regressor) on
+    the student feature and one learned variance per
     teacher channel, ``sigma_c^2 = softplus(alpha_c) + eps`` (eq. 6); the loss is the
     negative log-likelihood ``mean(log sigma + (t - mu)^2 / (2 sigma^2))``, the constant
     ``log(2 pi) / 2`` dropped (:func:`kdlab.functional.relations.vid_nll`). Pairs are
