@@ -113,7 +113,7 @@ class FeatureTaps:
     def _store(self, tap: Tap, value: Any) -> None:
         t = _first_tensor(value)
         self.features[tap] = t
-        # Inference tensors (the teacher under inference_mode) have no version counter.
+        # Inference tensors (the teacher under inference_mode) keep no version counter.
         self._versions[tap] = -1 if t.is_inference() else t._version
 
     def _make_output_hook(self, tap: Tap):  # noqa: ANN202
