@@ -53,10 +53,12 @@ class ContrastiveRepresentationDistillation(Term):
     ``num_data`` param.
 
     Defaults: weight 0.8 beside ``ce`` at 1 (the CIFAR-100 reference protocol, which
-    also has KD at 0 there), N = 16384, tau = 0.07, momentum 0.5. Differences from
-    RepDistiller: it draws negatives from other classes only on CIFAR ("exact" mode);
-    here, as in the paper's formulation, they are uniform over the other samples. The
-    bank lives on each process: with DDP every rank keeps its own.
+    also has KD at 0 there), N = 16384, tau = 0.07, momentum 0.5. Negatives are uniform
+    over the other samples by default, as in the paper's formulation; RepDistiller,
+    whose runs produced the reference table, draws them from other classes only on
+    CIFAR ("exact" mode): ``negatives: other_class``, which needs the labels passed to
+    ``bind_data(num_samples, labels)``. The bank lives on each process: with DDP every
+    rank keeps its own (the authors' code is single-process).
     """
 
     method = "crd"
