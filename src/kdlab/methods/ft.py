@@ -48,6 +48,7 @@ class FactorTransfer(Term):
     method = "ft"
     Params = FTParams
     default_weight = 200.0
+    frozen_in_main = ("paraphraser",)
 
     def __init__(self, params: FTParams) -> None:
         super().__init__(params)
