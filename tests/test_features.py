@@ -552,3 +552,40 @@ def test_digits_recipe_trains_two_steps_per_stage_through_the_engine(
     stages = [r["stage"] for r in rows]
     assert stages[-1] == "main" and len(stages) == (2 if method in PRE_EPOCHS else 1)
     assert 0.0 <= result.test_acc_last <= 100.0
+
+
+# wrn_40_2 -> shufflenetv1 (channels 32/64/128 vs 240/480/960, student maps half as large):
+# every method that can adapt does; FSP without adapters names the layers.
+CROSS = {
+    "fitnet": {"student": ["layer2"], "teacher": ["block2"], "regressor": 1},
+    "at": {"student": ["layer1", "layer2"], "teacher": ["block1", "block2"]},
+    "nst": {"student": ["layer1", "layer2"], "teacher": ["block1", "block2"]},
+    "ab": {
+        "student": ["layer1.3.relu:input", "layer2.7.relu:input"],
+        "teacher": ["block2.layer.0.relu1:input", "block3.layer.0.relu1:input"],
+    },
+    "ft": {"student": ["layer2"], "teacher": ["block2"]},
+    "fsp": {"student": ["layer1", "layer2"], "teacher": ["block1", "block2"], "adapter": True},
+}
+
+
+@pytest.mark.parametrize("method", FEATURE_METHODS)
+def test_cross_architecture_pair_wrn_to_shufflenet(method: str) -> None:
+    from kdlab.models import MODELS  # noqa: PLC0415
+
+    if "shufflenetv1" not in MODELS or "wrn_40_2" not in MODELS:
+        pytest.skip("the CIFAR zoo is not registered")
+    torch.manual_seed(0)
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
+    teacher, student = create_model("wrn_40_2", 100, 3), create_model("shufflenetv1", 100, 3)
+    spec = {"method": method, **CROSS[method]}
+    d = Distiller(student, teacher, build_terms([spec]), example_input=x).train()
+    term = d.terms[method]
+    losses = dict(term.pre_stages()[0].losses) if term.pre_stages() else {method: 1.0}
+    out = d(x, y, losses=losses)
+    assert torch.isfinite(out.total) and out.total.item() > 0
+    out.total.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    if method == "fsp":
+        with pytest.raises(TapError, match="'layer1' has 240 channels but teacher tap 'block1'"):
+            Distiller(student, teacher, build_terms([{**spec, "adapter": False}]), example_input=x)

@@ -78,8 +78,8 @@ def attention_transfer(
     - ``squared=False``: ``mean_n ||d_n||_2 / (H*W)``, eq. 2 read literally (norm type
       p = 2, not squared).
 
-    The paper (and its code) use ``mean_c`` rather than ``sum_c``; the normalisation
-    makes the two identical. Student and teacher maps must share ``H, W``.
+    The paper writes ``sum_c``, its code ``mean_c``; the normalisation makes the two
+    identical. Student and teacher maps must share ``H, W``.
     """
     qs, qt = attention_map(student, p), attention_map(teacher, p)
     if qs.shape[1:] != qt.shape[1:]:

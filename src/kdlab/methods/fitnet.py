@@ -45,8 +45,11 @@ class FitNet(Term):
 
     Regressor: the paper's convolutional regressor (kernel ``N_g - N_h + 1``, no padding,
     so the hint's spatial size comes out; 1x1 when sizes match) with the hint's
-    non-linearity (ReLU, as our hints are post-ReLU stage outputs). RepDistiller's
-    ConvReg is the same conv plus BN and ReLU (``regressor_bn: true``).
+    non-linearity (ReLU, as most hints are post-ReLU stage outputs; ``regressor_relu:
+    false`` for pre-activation hints such as WRN group outputs). RepDistiller's ConvReg
+    uses the same kernel (but a strided 3x3 or transposed 4x4 conv for exact factors of
+    2) followed by BN and ReLU: ``regressor_bn: true``. ``regressor: 1`` is a 1x1 conv
+    with pooling/interpolation, far cheaper across architectures with large maps.
 
     Scale: the paper's ``1/2 ||.||^2`` sums over ``C*H*W`` (``reduction: paper``);
     RepDistiller's ``MSELoss`` is a mean, the paper's value times ``2/(C*H*W)``. The
