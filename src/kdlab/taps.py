@@ -112,14 +112,9 @@ class FeatureTaps:
 
     def _store(self, tap: Tap, value: Any) -> None:
         t = _first_tensor(value)
-        if t.is_inference():
-            # Inference tensors (the teacher under inference_mode) have no version
-            # counter; a private copy cannot be overwritten by a later in-place op.
-            t = t.clone()
-            self._versions[tap] = -1
-        else:
-            self._versions[tap] = t._version
         self.features[tap] = t
+        # Inference tensors (the teacher under inference_mode) keep no version counter.
+        self._versions[tap] = -1 if t.is_inference() else t._version
 
     def _make_output_hook(self, tap: Tap):  # noqa: ANN202
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
