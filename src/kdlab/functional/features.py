@@ -164,7 +164,7 @@ def activation_boundary_loss(student: Tensor, teacher: Tensor, margin: float = 1
     i.e. where the teacher's neuron fires, the student's (connector output) must reach
     ``+mu``; where it does not, ``-mu``. Squared norm over all non-batch elements,
     averaged over the batch. ``student`` is the connector output ``r(S)``.
-    RepDistiller/mdistiller additionally weigh layer i of n by ``2^(i-n+1)`` and scale
+    RepDistiller additionally weighs layer i of n by ``2^(i-n+1)`` and scales
     by ``3/1000``; that belongs to the method's weights, not here.
     """
     _check_same_shape(student, teacher, "activation_boundary_loss")
@@ -200,7 +200,7 @@ def factor_transfer(
 def reconstruction_loss(reconstruction: Tensor, target: Tensor) -> Tensor:
     """FT paraphraser pre-training: ``||x - P(x)||^2`` as a mean over elements.
 
-    The paper writes the squared L2 norm; the authors' code uses ``F.mse_loss`` (mean),
+    The paper writes the squared L2 norm; RepDistiller uses ``MSELoss`` (a mean),
     kept here since this loss drives its own stage alone (the scale only sets the step).
     """
     _check_same_shape(reconstruction, target, "reconstruction_loss")

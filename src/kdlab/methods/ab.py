@@ -47,10 +47,10 @@ class ActivationBoundaries(Term):
     recipe's other terms (CE, or CE + KD) and the connectors are dropped.
 
     Scale: the squared norm sums over ``C*H*W`` (per sample, batch mean). RepDistiller
-    (after the authors' code) weighs pair i of n by ``2^(i-n+1)`` (``layer_weights``) and
-    the sum by ``3/1000``. The default weight is that 0.003 with equal pair weights: at
-    weight 1 the initialisation stage diverged on digits (loss 1.6e12 in the first
-    epoch at SGD lr 0.05); at 0.003 it fell from 6.3 to 2.6 over 3 epochs.
+    weighs pair i of n by ``2^(i-n+1)`` (``layer_weights``) and the sum by ``3/1000``.
+    The default weight is that 0.003, with equal pair weights: at weight 1 the
+    initialisation stage diverged on digits (loss 1.6e12 in the first epoch at SGD lr
+    0.05); at 0.003 it fell from 6.3 to 2.6 over 3 epochs.
     """
 
     method = "ab"
