@@ -30,9 +30,7 @@ def spatial_size(shape: Sequence[int]) -> tuple[int, int] | None:
         return int(shape[2]), int(shape[3])
     if len(shape) == 2:
         return None
-    raise TapError(
-        f"a tapped feature must be (N, C, H, W) or (N, D); got shape {tuple(shape)}"
-    )
+    raise TapError(f"a tapped feature must be (N, C, H, W) or (N, D); got shape {tuple(shape)}")
 
 
 def resample(x: Tensor, size: tuple[int, int]) -> Tensor:

@@ -28,9 +28,7 @@ class FeatureParams(TermParams):
         return [value] if isinstance(value, str) else value
 
 
-def probed_pairs(
-    term: Term, shapes: Shapes
-) -> list[tuple[Tap, Tap, torch.Size, torch.Size]]:
+def probed_pairs(term: Term, shapes: Shapes) -> list[tuple[Tap, Tap, torch.Size, torch.Size]]:
     """``(student_tap, teacher_tap, student_shape, teacher_shape)`` per pair."""
     return [(s, t, shapes.student[s], shapes.teacher[t]) for s, t in term.paired_taps()]
 
