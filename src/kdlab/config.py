@@ -36,13 +36,19 @@ class DataConfig(Strict):
     name: str = "digits"
     root: str | None = Field(None, description="local folder or file for datasets read from disk")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="held out of train for selection")
-    test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="only for datasets without a test split")
-    split_seed: int = Field(0, description="seed of the train/val/test split (fixed across run seeds)")
+    test_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="only for datasets without a test split"
+    )
+    split_seed: int = Field(
+        0, description="seed of the train/val/test split (fixed across run seeds)"
+    )
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(512, ge=1)
     normalize: bool = True
     augment: AugmentConfig = AugmentConfig()
-    per_class: int | None = Field(None, ge=1, description="keep this many training samples per class")
+    per_class: int | None = Field(
+        None, ge=1, description="keep this many training samples per class"
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific options")
 
 
@@ -130,9 +136,7 @@ def check_unknown_keys(model: type[BaseModel], data: Any, where: str = "") -> No
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in fields:
-            raise ConfigError(
-                f"unknown key {path!r}; {did_you_mean(str(key), fields)}"
-            )
+            raise ConfigError(f"unknown key {path!r}; {did_you_mean(str(key), fields)}")
         sub = _model_in(fields[key].annotation)
         if sub is not None:
             check_unknown_keys(sub, value, path)

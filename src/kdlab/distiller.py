@@ -160,14 +160,10 @@ class Distiller(nn.Module):
         for term, _mode, _w in plan:
             sv, tv = term.params.student_view, term.params.teacher_view
             if sv not in student_passes:
-                grad = any(
-                    t.student_input_grad and t.params.student_view == sv for t, _, _ in plan
-                )
+                grad = any(t.student_input_grad and t.params.student_view == sv for t, _, _ in plan)
                 student_passes[sv] = self._student_pass(view(sv), grad)
             if term.needs_teacher and tv not in teacher_passes:
-                grad = any(
-                    t.teacher_input_grad and t.params.teacher_view == tv for t, _, _ in plan
-                )
+                grad = any(t.teacher_input_grad and t.params.teacher_view == tv for t, _, _ in plan)
                 teacher_passes[tv] = self._teacher_pass(view(tv), grad)
         if "default" not in student_passes:  # logits for train accuracy
             student_passes["default"] = self._student_pass(inputs, False)

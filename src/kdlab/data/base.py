@@ -68,9 +68,7 @@ def check_finite(x: np.ndarray | Tensor, source: str) -> None:
         raise DataError(f"{source}: {bad} input values are NaN or infinite")
 
 
-def stratified_split(
-    y: np.ndarray, fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices ``(keep, held_out)``; ``held_out`` has ``fraction`` of each class.
 
     Deterministic in ``seed``; each class keeps at least one sample on each side when
@@ -101,9 +99,7 @@ def take_per_class(split: TensorSplit, n: int, seed: int = 0) -> TensorSplit:
     return split.subset(np.sort(np.concatenate(chosen)))
 
 
-def standardize(
-    train: Tensor, *others: Tensor | None
-) -> tuple[Tensor, ...]:
+def standardize(train: Tensor, *others: Tensor | None) -> tuple[Tensor, ...]:
     """Per-channel standardisation with the training split's statistics."""
     dims = [0, 2, 3] if train.dim() == 4 else [0]
     mean = train.mean(dim=dims, keepdim=True)

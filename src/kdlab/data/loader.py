@@ -40,6 +40,7 @@ class TensorLoader:
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
+        self.start_batch = 0  # resume mid-epoch: the next __iter__ skips this many batches
         self.device = torch.device(device) if device is not None else None
         if self.device is not None and self.device != split.x.device:
             self.split = TensorSplit(split.x.to(self.device), split.y.to(self.device))
@@ -72,7 +73,8 @@ class TensorLoader:
         order = self._indices()
         if self.split.x.device.type != "cpu":
             order = order.to(self.split.x.device)
-        for b in range(len(self)):
+        start, self.start_batch = self.start_batch, 0
+        for b in range(start, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             yield self.split.x[idx], self.split.y[idx], idx
 

@@ -98,6 +98,8 @@ class Term(nn.Module):
     - ``student_input_grad`` / ``teacher_input_grad``: the term differentiates the
       model output with respect to its input (Jacobian matching).
     - ``in_main_stage``: False for losses that only drive a pre-stage.
+    - ``frozen_in_main``: names of the term's submodules that stay frozen in the main
+      stage (e.g. FT's paraphraser, trained in its own pre-stage).
     """
 
     method: ClassVar[str] = ""
@@ -107,6 +109,7 @@ class Term(nn.Module):
     student_input_grad: ClassVar[bool] = False
     teacher_input_grad: ClassVar[bool] = False
     in_main_stage: ClassVar[bool] = True
+    frozen_in_main: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: TermParams) -> None:
         super().__init__()

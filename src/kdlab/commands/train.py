@@ -1,0 +1,58 @@
+"""``kdlab train CONFIG [key=value ...]`` and ``kdlab eval RUN``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a recipe (a teacher, a student, a distillation)")
+    p.add_argument("config", help="a YAML recipe")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=5")
+    p.add_argument("--run-dir", help="run folder (default: output_dir/name)")
+    p.add_argument("--resume", action="store_true", help="continue from the last good checkpoint")
+    p.set_defaults(func=run_train)
+
+    e = sub.add_parser("eval", help="evaluate a finished run's selected weights")
+    e.add_argument("run", help="a run folder (with config.yaml and model.safetensors)")
+    e.add_argument("--split", choices=["train", "val", "test"], default="test")
+    e.add_argument("--weights", default="model.safetensors", help="file in the run folder")
+    e.set_defaults(func=run_eval)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from kdlab.config import load_config  # noqa: PLC0415
+    from kdlab.engine import train  # noqa: PLC0415
+
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg, run_dir=args.run_dir, resume=args.resume)
+    print(json.dumps(result.to_json(), indent=2))
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from kdlab.config import load_config  # noqa: PLC0415
+    from kdlab.data import build_dataset  # noqa: PLC0415
+    from kdlab.engine import evaluate, load_model  # noqa: PLC0415
+    from kdlab.engine.env import resolve_device  # noqa: PLC0415
+    from kdlab.errors import DataError  # noqa: PLC0415
+
+    run = Path(args.run)
+    cfg = load_config(run / "config.yaml")
+    data = build_dataset(cfg.data)
+    model = load_model(
+        cfg.student.name,
+        cfg.student.kwargs,
+        str(run / args.weights),
+        data.num_classes,
+        data.in_channels,
+    )
+    split = getattr(data, args.split)
+    if split is None:
+        raise DataError(f"dataset {cfg.data.name!r} has no {args.split!r} split")
+    device = resolve_device(cfg.train.device)
+    metrics = evaluate(model.to(device), split, cfg.data.eval_batch_size, device)
+    print(json.dumps({"run": str(run), "split": args.split, **metrics}, indent=2))
+    return 0

@@ -1,0 +1,421 @@
+"""Training runs on PyTorch Ignite: stages, selection on validation, resumable checkpoints.
+
+``train(cfg)`` builds data, models and the Distiller from a recipe, runs each stage
+(the methods' pre-stages, then the main stage) as an Ignite ``Engine``, selects the
+best epoch on the validation split, and reports test accuracy for the best and the
+last epoch. The run folder keeps the resolved config, the environment, per-epoch
+metrics, checkpoints and the final weights, so any number can be traced back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from kdlab.config import RunConfig, dump_config
+from kdlab.data import DataBundle, build_dataset, make_loader
+from kdlab.data.augment import augment
+from kdlab.distiller import Distiller
+from kdlab.engine import checkpoint as ckpt
+from kdlab.engine.env import environment, resolve_device
+from kdlab.engine.evaluate import evaluate
+from kdlab.engine.optim import build_optimizer, build_scheduler
+from kdlab.engine.stages import Stage, resolve_stages, trainable_parameters
+from kdlab.errors import CheckpointError, NumericalError
+from kdlab.methods import build_terms
+from kdlab.models import count_parameters, create_model
+from kdlab.views import build_views
+
+WEIGHTS = "model.safetensors"  # the selected student weights of a finished run
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports (also written to ``results.json``)."""
+
+    run_dir: str
+    selection: str  # "best-val" or "last" (no validation split)
+    best_epoch: int
+    val_acc: float | None
+    test_acc_best: float
+    test_acc_last: float
+    test_acc5_best: float
+    test_acc5_last: float
+    params: int
+    wall_time_s: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("history")
+        return d
+
+
+def load_model(
+    name: str, kwargs: dict[str, Any], checkpoint: str | None, num_classes: int, in_channels: int
+) -> nn.Module:
+    """A model from the registry, with weights from a run folder or safetensors file."""
+    model = create_model(name, num_classes, in_channels, **kwargs)
+    if checkpoint is None:
+        return model
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / WEIGHTS
+    state = ckpt.load_weights(path)
+    missing, unexpected = _compare_keys(model.state_dict(), state)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"weights {str(path)!r} do not fit model {name!r}: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]} (is it the same architecture and class count?)"
+        )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"weights {str(path)!r} do not fit model {name!r}: {err}") from None
+    return model
+
+
+def _compare_keys(expected: dict[str, Tensor], got: dict[str, Tensor]) -> tuple[list, list]:
+    return sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+
+
+def run_folder(cfg: RunConfig) -> Path:
+    return Path(cfg.output_dir) / cfg.name
+
+
+def _seed_for(seed: int, stage_index: int, iteration: int) -> int:
+    # Every step's randomness (augmentation, views, dropout) is a function of the
+    # run seed and the step alone, so a resumed run replays it exactly.
+    return (seed * 1_000_003 + stage_index * 10_000_019 + iteration) % (2**63 - 1)
+
+
+class Trainer:
+    """Builds everything a recipe names and runs its stages."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dir: Path | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+        bundle: DataBundle | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir) if run_dir is not None else run_folder(cfg)
+        self.progress_cb = progress
+        tcfg = cfg.train
+        if tcfg.threads:
+            torch.set_num_threads(tcfg.threads)
+        self.device = resolve_device(tcfg.device)
+        torch.manual_seed(cfg.seed)
+        self.data = bundle if bundle is not None else build_dataset(cfg.data)
+        d = self.data
+        student = load_model(
+            cfg.student.name,
+            cfg.student.kwargs,
+            cfg.student.checkpoint,
+            d.num_classes,
+            d.in_channels,
+        )
+        teacher = None
+        if cfg.teacher is not None:
+            teacher = load_model(
+                cfg.teacher.name,
+                cfg.teacher.kwargs,
+                cfg.teacher.checkpoint,
+                d.num_classes,
+                d.in_channels,
+            )
+        terms = build_terms(cfg.distill.terms)
+        for term in terms:
+            bind = getattr(term, "bind_data", None)
+            if callable(bind):
+                bind(len(d.train))
+        self.distiller = Distiller(
+            student, teacher, terms, build_views(cfg.distill.views), example_input=d.train.x[:2]
+        ).to(self.device)
+        if tcfg.channels_last and d.train.x.dim() == 4:
+            self.distiller.to(memory_format=torch.channels_last)
+        self.stages = resolve_stages(cfg, self.distiller)
+        self.train_loader = make_loader(
+            d.train, cfg.data.batch_size, train=True, seed=cfg.seed, device=self.device
+        )
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ running
+    def run(self, resume: bool = False) -> RunResult:
+        start = time.time()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
+        ckpt.atomic_write_text(
+            self.run_dir / "env.json", json.dumps(environment(self.device), indent=2)
+        )
+        state = self._resume_state() if resume else None
+        if not resume:
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        else:
+            self.history = _read_jsonl(self.run_dir / "metrics.jsonl")
+        first = state["stage_index"] if state else 0
+        for i, stage in enumerate(self.stages):
+            if i < first:
+                continue
+            fresh = state is None or i != first or state.get("fresh_stage", False)
+            self._run_stage(i, stage, None if fresh else state)
+        result = self._finish(time.time() - start + (state or {}).get("elapsed", 0.0))
+        return result
+
+    def _resume_state(self) -> dict[str, Any] | None:
+        loaded = ckpt.load_latest_checkpoint(self.run_dir / "checkpoints")
+        if loaded is None:
+            return None
+        weights, state = loaded
+        missing, unexpected = _compare_keys(self.distiller.state_dict(), weights)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"checkpoint in {str(self.run_dir)!r} does not fit this recipe: missing "
+                f"{missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        self.distiller.load_state_dict(weights)
+        state["elapsed"] = float(state.get("elapsed", 0.0))
+        return state
+
+    def _run_stage(self, index: int, stage: Stage, resume: dict[str, Any] | None) -> None:
+        cfg = self.cfg
+        params = trainable_parameters(self.distiller, stage)
+        optimizer = build_optimizer(params, stage.optimizer)
+        scheduler = build_scheduler(optimizer, stage.schedule, stage.epochs)
+        best = {"val_acc": -1.0, "epoch": 0}
+        if resume is not None:
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            best = dict(resume["best"])
+        loader = self.train_loader
+        distiller = self.distiller
+        aug = cfg.data.augment
+        device = self.device
+        amp = cfg.train.amp
+        autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and device.type == "cuda" else None
+        grad_clip = cfg.train.grad_clip
+        channels_last = cfg.train.channels_last
+        plan_losses = stage.losses
+
+        def step(engine: Engine, batch: tuple[Tensor, Tensor, Tensor]) -> dict[str, Tensor]:
+            x, y, idx = batch
+            it = engine.state.iteration
+            torch.manual_seed(_seed_for(cfg.seed, index, it))
+            distiller.train()
+            x = augment(x, aug.crop_padding, aug.hflip)
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(
+                device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
+            ):
+                out = distiller(
+                    x, y, idx, losses=plan_losses, epoch=engine.state.epoch - 1, iteration=it
+                )
+            if not bool(torch.isfinite(out.total)):
+                bad = [k for k, v in out.losses.items() if not bool(torch.isfinite(v))]
+                raise NumericalError(
+                    f"stage {stage.name!r}, epoch {engine.state.epoch}, iteration {it}: "
+                    f"loss {', '.join(repr(b) for b in bad) or 'total'} is not finite; "
+                    "the last good checkpoint is kept (lower the learning rate or set "
+                    "train.grad_clip)"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(out.total).backward()
+                scaler.unscale_(optimizer)
+            else:
+                out.total.backward()
+            if grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            logs = {k: v.detach() for k, v in out.losses.items()}
+            logs["loss"] = out.total.detach()
+            logs["correct"] = (out.logits.detach().argmax(1) == y).sum()
+            logs["n"] = torch.tensor(y.shape[0])
+            return logs
+
+        engine = Engine(step)
+        sums: dict[str, Tensor] = {}
+        total_iters = stage.epochs * len(loader)
+        bar = None
+        if cfg.train.progress and self.progress_cb is None:
+            bar = tqdm(
+                total=total_iters,
+                initial=resume["iteration"] if resume else 0,
+                desc=f"{cfg.name}:{stage.name}",
+                leave=False,
+                dynamic_ncols=True,
+            )
+        every = cfg.train.checkpoint_every
+
+        @engine.on(Events.EPOCH_STARTED)
+        def _epoch_start(e: Engine) -> None:
+            loader.set_epoch(e.state.epoch - 1 + 1000 * index)
+            sums.clear()
+
+        @engine.on(Events.ITERATION_COMPLETED)
+        def _accumulate(e: Engine) -> None:
+            for k, v in e.state.output.items():
+                sums[k] = sums[k] + v if k in sums else v.clone()
+            if self.progress_cb is not None:
+                self.progress_cb(stage.name, e.state.iteration, total_iters)
+            elif bar is not None:
+                bar.update(1)
+            if every and e.state.iteration % every == 0 and e.state.iteration % len(loader):
+                self._checkpoint(index, e, optimizer, scheduler, best)
+
+        @engine.on(Events.EPOCH_COMPLETED)
+        def _epoch_end(e: Engine) -> None:
+            scheduler.step()
+            epoch = e.state.epoch
+            n_batches = max(len(loader), 1)
+            row: dict[str, Any] = {"stage": stage.name, "epoch": epoch}
+            row["lr"] = optimizer.param_groups[0]["lr"]
+            for k, v in sums.items():
+                if k not in ("correct", "n"):
+                    row[f"train_{k}"] = float(v) / n_batches
+            row["train_acc"] = 100.0 * float(sums["correct"]) / max(float(sums["n"]), 1.0)
+            if self.data.val is not None:
+                val = evaluate(distiller.student, self.data.val, cfg.data.eval_batch_size, device)
+                row.update({f"val_{k}": v for k, v in val.items()})
+                if stage.is_main and val["acc1"] > best["val_acc"]:
+                    best.update(val_acc=val["acc1"], epoch=epoch)
+                    ckpt.save_weights(
+                        self.run_dir / "best.safetensors", distiller.student.state_dict()
+                    )
+            row["time"] = time.time()
+            self.history.append(row)
+            _append_jsonl(self.run_dir / "metrics.jsonl", row)
+            self._checkpoint(index, e, optimizer, scheduler, best)
+            if bar is not None:
+                shown = {"loss": row.get("train_loss"), "val": row.get("val_acc1")}
+                bar.set_postfix({k: round(v, 3) for k, v in shown.items() if v is not None})
+
+        if resume is not None:
+            engine.load_state_dict(
+                {
+                    "iteration": resume["iteration"],
+                    "epoch_length": len(loader),
+                    "max_epochs": stage.epochs,
+                }
+            )
+            loader.start_batch = resume["iteration"] % len(loader)
+        try:
+            if resume is None or resume["iteration"] < total_iters:
+                engine.run(loader, max_epochs=stage.epochs, epoch_length=len(loader))
+        finally:
+            if bar is not None:
+                bar.close()
+        self._stage_best = best
+
+    def _checkpoint(
+        self, index: int, e: Engine, optimizer: Any, scheduler: Any, best: dict[str, Any]
+    ) -> None:
+        state = {
+            "stage_index": index,
+            "stage": self.stages[index].name,
+            "iteration": e.state.iteration,
+            "epoch": e.state.epoch,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "best": best,
+        }
+        step = index * 10_000_000 + e.state.iteration
+        ckpt.save_checkpoint(self.run_dir / "checkpoints", step, self.distiller.state_dict(), state)
+        # The next stage starts from this one's final weights: mark it done.
+        if e.state.epoch >= self.stages[index].epochs and index + 1 < len(self.stages):
+            nxt = {**state, "stage_index": index + 1, "stage": self.stages[index + 1].name}
+            nxt.update(iteration=0, epoch=0, fresh_stage=True)
+            ckpt.save_checkpoint(
+                self.run_dir / "checkpoints", step + 1, self.distiller.state_dict(), nxt
+            )
+
+    def _finish(self, elapsed: float) -> RunResult:
+        cfg, d, device = self.cfg, self.data, self.device
+        student = self.distiller.student
+        last_weights = {k: v.detach().clone() for k, v in student.state_dict().items()}
+        last = evaluate(student, d.test, cfg.data.eval_batch_size, device)
+        best_path = self.run_dir / "best.safetensors"
+        main_best = getattr(self, "_stage_best", {"val_acc": -1.0, "epoch": 0})
+        if d.val is not None and best_path.is_file():
+            student.load_state_dict(ckpt.load_weights(best_path))
+            best = evaluate(student, d.test, cfg.data.eval_batch_size, device)
+            selection = "best-val"
+        else:
+            best, selection = last, "last"
+            main_best = {"val_acc": None, "epoch": cfg.train.epochs}
+        ckpt.save_weights(self.run_dir / WEIGHTS, student.state_dict())
+        student.load_state_dict(last_weights)
+        ckpt.save_weights(self.run_dir / "last.safetensors", last_weights)
+        result = RunResult(
+            run_dir=str(self.run_dir),
+            selection=selection,
+            best_epoch=int(main_best["epoch"]),
+            val_acc=main_best["val_acc"],
+            test_acc_best=best["acc1"],
+            test_acc_last=last["acc1"],
+            test_acc5_best=best["acc5"],
+            test_acc5_last=last["acc5"],
+            params=count_parameters(student),
+            wall_time_s=elapsed,
+            history=self.history,
+        )
+        ckpt.atomic_write_text(
+            self.run_dir / "results.json", json.dumps(result.to_json(), indent=2)
+        )
+        return result
+
+
+def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut by a kill
+    return rows
+
+
+def train(
+    cfg: RunConfig,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+    bundle: DataBundle | None = None,
+) -> RunResult:
+    """Train the recipe ``cfg`` in ``run_dir`` (default ``output_dir/name``).
+
+    Args:
+        resume: continue from the newest good checkpoint in the run folder.
+        progress: called as ``progress(stage, iteration, total)`` after every step
+            (replaces the per-epoch printout).
+        bundle: an already built dataset (skips ``build_dataset``; e.g. for pipelines).
+    """
+    return Trainer(cfg, Path(run_dir) if run_dir else None, progress, bundle).run(resume=resume)
+
+
+def is_finite_number(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
