@@ -486,11 +486,12 @@ _TABLE_HEAD = [
 ]
 
 
-def _table(rows: list[Row]) -> list[str]:
+def _table(rows: list[Row], with_claim: bool = False) -> list[str]:
     lines = list(_TABLE_HEAD)
     for r in rows:
+        net = f"claim {r.claim}, {r.case}" if with_claim else r.case
         lines.append(
-            f"| {r.case} | {r.sigma:g} | {r.lhs:.10g} +- {r.lhs_se:.2g} | {r.notes:.10g} | "
+            f"| {net} | {r.sigma:g} | {r.lhs:.10g} +- {r.lhs_se:.2g} | {r.notes:.10g} | "
             f"{r.corrected:.10g} | {_fmt(r.gap_notes, 3)} | {_fmt(r.slope_notes, 3)} | "
             f"{_fmt(r.gap_corrected, 3)} | {_fmt(r.slope_corrected, 3)} |"
         )
@@ -549,7 +550,7 @@ def format_report(report: Report, random_points: Report | None = None) -> str:
             "everywhere, so the corrected form equals the notes' form here).",
             "",
         ]
-        lines += _table(random_points.rows)
+        lines += _table(random_points.rows, with_claim=True)
         lines.append("")
     return "\n".join(lines)
 
@@ -585,9 +586,11 @@ def plot_report(report: Report, path: str | Path) -> None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     claims = [v.claim for v in report.verdicts]
-    fig, axes = plt.subplots(1, len(claims), figsize=(4.2 * len(claims), 3.8), squeeze=False)
+    ncol = 2 if len(claims) > 1 else 1
+    nrow = math.ceil(len(claims) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5.5 * ncol, 4.2 * nrow), squeeze=False)
     colors = {"affine": "C0", "relu": "C1", "softmax(affine)": "C2", "softmax(relu)": "C3"}
-    for ax, claim in zip(axes[0], claims):
+    for ax, claim in zip(axes.flat, claims):
         rows = [r for r in report.rows if r.claim == claim]
         for name in dict.fromkeys(r.case for r in rows):
             block = [r for r in rows if r.case == name]
@@ -605,10 +608,14 @@ def plot_report(report: Report, path: str | Path) -> None:
         ax.plot(ref, [s**4 for s in ref], "-.", color="grey", label="sigma^4")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xticks(list(report.sigmas), [f"{s:g}" for s in report.sigmas])
+        ax.minorticks_off()
         ax.set_xlabel("sigma")
         ax.set_ylabel("|MC - form|")
-        ax.set_title(f"claim {claim}")
+        ax.set_title(f"claim {claim}: notes (solid) vs corrected (dashed)", fontsize=9)
         ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(claims):]:
+        ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
