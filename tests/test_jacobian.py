@@ -205,3 +205,11 @@ def test_cnn_pair_on_digit_shapes_runs_and_backpropagates() -> None:
     assert set(out.losses) == {"ce", "kd", "jacobian"}
     out.total.backward()
     assert student.stages[0].conv.weight.grad.abs().sum() > 0
+
+
+def test_term_under_no_grad_raises_a_clear_error() -> None:
+    student, teacher = _mlp(8, 3, seed=1), _mlp(8, 3, seed=2)
+    dist = _distiller(student, teacher)
+    x = torch.randn(2, 1, 8, dtype=torch.float64)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="gradients enabled"):
+        dist(x, torch.zeros(2, dtype=torch.long))
