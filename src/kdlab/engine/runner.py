@@ -139,8 +139,8 @@ class Trainer:
         terms = build_terms(cfg.distill.terms)
         for term in terms:
             bind = getattr(term, "bind_data", None)
-            if callable(bind):
-                bind(len(d.train))
+            if callable(bind):  # terms that index the training set (CRD's memory bank)
+                bind(len(d.train), labels=d.train.y)
         self.distiller = Distiller(
             student, teacher, terms, build_views(cfg.distill.views), example_input=d.train.x[:2]
         ).to(self.device)

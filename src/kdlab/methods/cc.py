@@ -16,8 +16,10 @@ class CCParams(TermParams):
     gamma: float = Field(0.4, gt=0.0, description="Gaussian RBF width")
     order: int = Field(2, ge=0, le=10, description="Taylor order P of the RBF kernel")
     embed_dim: int | None = Field(
-        None, ge=1, description="None: correlate the tapped features directly (the paper); "
-        "an int: first project both through a linear + L2-norm head (RepDistiller)"
+        None,
+        ge=1,
+        description="None: correlate the tapped features directly (the paper); "
+        "an int: first project both through a linear + L2-norm head (RepDistiller)",
     )
 
 

@@ -62,7 +62,5 @@ class DecoupledKD(Term):
                 f"it needs hard integer labels of shape (batch,), got "
                 f"{ctx.targets.dtype} {tuple(ctx.targets.shape)}"
             )
-        loss = dkd_loss(
-            ctx.student.logits, ctx.teacher.logits, ctx.targets, p.alpha, p.beta, p.T
-        )
+        loss = dkd_loss(ctx.student.logits, ctx.teacher.logits, ctx.targets, p.alpha, p.beta, p.T)
         return warmup_factor(ctx.epoch, p.warmup_epochs) * loss
