@@ -118,7 +118,9 @@ def wrap(module: nn.Module, device: torch.device, find_unused: bool) -> nn.Modul
         return module
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(
-        module, device_ids=ids, output_device=ids[0] if ids else None,
+        module,
+        device_ids=ids,
+        output_device=ids[0] if ids else None,
         find_unused_parameters=find_unused,
     )
 
