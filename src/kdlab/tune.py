@@ -116,7 +116,10 @@ def load_space(source: str | Path | Mapping[str, Any]) -> dict[str, ParamSpec]:
                 f"search space {where!r}, key {key!r}: expected a mapping like "
                 "{type: float, low: 0.1, high: 1.0}, got " + repr(spec)
             )
-        space[key] = validate(ParamSpec, spec, where=f"{where}: {key}")
+        try:
+            space[key] = validate(ParamSpec, spec, where=key)
+        except ConfigError as err:
+            raise ConfigError(f"search space {where!r}: {err}") from None
     return space
 
 
@@ -223,6 +226,8 @@ def make_storage(url: str, heartbeat: int = 10) -> Any:
     """An RDB storage with heartbeats (grace: 3 beats) so dead workers' trials fail."""
     optuna = _optuna()
     engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     if url.startswith("sqlite"):
         # Several local workers write one file: wait for the lock rather than error.
         engine_kwargs["connect_args"] = {"timeout": 120}
@@ -514,7 +519,7 @@ def plot_study(study: Any, out: Path, keys: Sequence[str]) -> list[str]:
         fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * len(importances)))
         names = list(importances)[::-1]
         ax.barh(names, [importances[n] for n in names])
-        ax.set_xlabel("importance (fANOVA)")
+        ax.set_xlabel("importance (Optuna's default evaluator)")
         ax.set_title("parameter importances")
         fig.tight_layout()
         fig.savefig(out / "importance.png", dpi=100)
@@ -525,7 +530,9 @@ def plot_study(study: Any, out: Path, keys: Sequence[str]) -> list[str]:
 
 def _importances(study: Any, optuna: Any) -> dict[str, float]:
     try:
-        imp = optuna.importance.get_param_importances(study)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "too few trials": the plot says it anyway
+            imp = optuna.importance.get_param_importances(study)
     except (RuntimeError, ValueError):  # too few complete trials, or no variation
         return {}
     return {k: float(v) for k, v in imp.items() if math.isfinite(v)}
