@@ -225,6 +225,7 @@ def default_storage(out: str | Path) -> str:
 def make_storage(url: str, heartbeat: int = 10) -> Any:
     """An RDB storage with heartbeats (grace: 3 beats) so dead workers' trials fail."""
     optuna = _optuna()
+    url = _with_driver(url)
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
@@ -246,6 +247,21 @@ def make_storage(url: str, heartbeat: int = 10) -> Any:
             f"{str(err).splitlines()[0] if str(err) else ''}); use sqlite:///FILE or a "
             "SQLAlchemy URL such as postgresql://user:password@host/db"
         ) from None
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` with the driver the ``tune`` extra installs (psycopg2).
+
+    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3; kdlab ships psycopg2, so a
+    bare URL uses it unless psycopg 3 is importable. Explicit ``+driver`` URLs are kept.
+    """
+    if not url.startswith(("postgresql://", "postgres://")):
+        return url
+    import importlib.util  # noqa: PLC0415
+
+    if importlib.util.find_spec("psycopg") is not None:
+        return url.replace("postgres://", "postgresql://", 1)
+    return "postgresql+psycopg2://" + url.split("://", 1)[1]
 
 
 def _redact(url: str) -> str:
