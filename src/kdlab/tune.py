@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import socket
@@ -90,7 +91,7 @@ class ParamSpec(Strict):
             return trial.suggest_int(key, int(self.low), int(self.high), step=int(self.step or 1))
         if self.type == "loguniform":
             return trial.suggest_float(key, self.low, self.high, log=True)
-        return trial.suggest_float(key, self.low, self.high, step=self.step)
+        return _clean(trial.suggest_float(key, self.low, self.high, step=self.step))
 
     def samples(self) -> list[Any]:
         """Values checked against the recipe before any trial runs."""
@@ -281,7 +282,8 @@ def open_study(settings: TuneSettings, n_trials: int | None = None) -> Any:
         seed=settings.seed, n_startup_trials=startup, constant_liar=True
     )
     pruner = (
-        optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+        # Epochs count from 1; the first epoch is too noisy to judge a trial by.
+        optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
         if settings.prune
         else optuna.pruners.NopPruner()
     )
@@ -309,6 +311,8 @@ def run_worker(settings: TuneSettings, n_trials: int | None, timeout: float | No
     from kdlab.engine import train  # noqa: PLC0415
     from kdlab.errors import NumericalError  # noqa: PLC0415
 
+    # Ignite logs every exception that stops an engine; a pruned trial is no error.
+    logging.getLogger("ignite.engine.engine.Engine").setLevel(logging.CRITICAL)
     base = _base_recipe(settings)
     space = load_space(settings.space)
     out = Path(settings.out)
@@ -373,6 +377,11 @@ def _log_execution(out: Path, number: int, worker: str) -> None:
         os.write(fd, line.encode())
     finally:
         os.close(fd)
+
+
+def _clean(v: Any) -> Any:
+    # A stepped float comes back as 0.7000000000000001; recipes should read 0.7.
+    return float(f"{v:.12g}") if isinstance(v, float) else v
 
 
 def _short(v: Any) -> str:
@@ -471,7 +480,7 @@ def write_report(study: Any, settings: TuneSettings, space: Mapping[str, ParamSp
     }
     if complete:
         best = study.best_trial
-        data = apply_params(_base_recipe(settings), best.params)
+        data = apply_params(_base_recipe(settings), {k: _clean(v) for k, v in best.params.items()})
         data["name"] = f"{data.get('name', 'run')}-tuned"
         header = (
             f"# kdlab tune: study {settings.study!r}, best of {len(complete)} complete trials\n"
@@ -482,7 +491,7 @@ def write_report(study: Any, settings: TuneSettings, space: Mapping[str, ParamSp
         summary.update(
             best_trial=best.number,
             best_value=best.value,
-            best_params=best.params,
+            best_params={k: _clean(v) for k, v in best.params.items()},
             best_recipe=str(out / "best.yaml"),
         )
     rows = [
@@ -522,6 +531,21 @@ def plot_study(study: Any, out: Path, keys: Sequence[str]) -> list[str]:
         ys = [t.value for t in done]
         ax.scatter(xs, ys, s=18, label="trial")
         ax.plot(xs, [max(ys[: i + 1]) for i in range(len(ys))], color="C1", label="best so far")
+        pruned = [
+            t
+            for t in study.get_trials(deepcopy=False)
+            if t.state == optuna.trial.TrialState.PRUNED and t.intermediate_values
+        ]
+        if pruned:
+            last = [t.intermediate_values[max(t.intermediate_values)] for t in pruned]
+            ax.scatter(
+                [t.number for t in pruned],
+                last,
+                s=18,
+                marker="x",
+                color="grey",
+                label="pruned (last epoch reported)",
+            )
         ax.set_xlabel("trial")
         ax.set_ylabel("validation top-1 (%)")
         ax.set_title(f"optimisation history: {study.study_name}")

@@ -232,7 +232,7 @@ class Trainer:
         # DDP syncs the parameters this stage trains; pre-stages (and terms idle in the
         # main stage) leave some without a gradient, which DDP must be told to expect.
         idle = any(not t.in_main_stage for t in distiller.terms.values())
-        model = dist.wrap(distiller, device, find_unused=not stage.is_main or idle)
+        ddp = [dist.wrap(distiller, device, find_unused=not stage.is_main or idle)]
 
         def step(engine: Engine, batch: tuple[Tensor, Tensor, Tensor]) -> dict[str, Tensor]:
             x, y, idx = batch
@@ -245,7 +245,7 @@ class Trainer:
             with torch.autocast(
                 device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
             ):
-                out = model(
+                out = ddp[0](
                     x, y, idx, losses=plan_losses, epoch=engine.state.epoch - 1, iteration=it
                 )
             if not bool(torch.isfinite(out.total)):
@@ -354,6 +354,7 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            ddp.clear()  # free DDP (and its gradient hooks) before the next stage wraps anew
         self._stage_best = best
 
     def _checkpoint(
