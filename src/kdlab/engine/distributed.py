@@ -76,6 +76,12 @@ def launch(
         with idist.Parallel(backend=backend_for(device)) as parallel:
             parallel.run(fn, *args)
     elif nproc is not None and nproc > 1:
+        if backend_for(device) == "nccl" and nproc > torch.cuda.device_count():
+            raise ConfigError(
+                f"--nproc {nproc} on CUDA needs {nproc} GPUs, this machine has "
+                f"{torch.cuda.device_count()} (NCCL runs one process per GPU); use at most "
+                "that many, or train.device=cpu for gloo"
+            )
         port = master_port or free_port()
         with idist.Parallel(
             backend=backend_for(device),
