@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -181,7 +182,7 @@ class Trainer:
         state = self._resume_state() if resume else None
         if not resume:
             if main:
-                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+                clear_run_artifacts(self.run_dir)
         else:
             self.history = _read_jsonl(self.run_dir / "metrics.jsonl")
         first = state["stage_index"] if state else 0
@@ -419,6 +420,27 @@ class Trainer:
         )
         dist.broadcast_json(asdict(result))
         return result
+
+
+RUN_ARTIFACTS = (
+    "checkpoints",
+    "metrics.jsonl",
+    "best.safetensors",
+    "last.safetensors",
+    WEIGHTS,
+    "results.json",
+)
+
+
+def clear_run_artifacts(run_dir: Path) -> None:
+    """Remove what an earlier run left in ``run_dir``, so a fresh run never mixes in
+    its checkpoints or best weights."""
+    for name in RUN_ARTIFACTS:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
