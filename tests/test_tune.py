@@ -221,3 +221,11 @@ def test_killed_worker_trial_is_marked_failed(tmp_path: Path) -> None:
     log = [json.loads(x) for x in (Path(settings.out) / "trials.log").read_text().splitlines()]
     assert [r["trial"] for r in log] == [0, 1]
     assert log[0]["worker"] != log[1]["worker"]
+
+
+def test_shipped_digits_space_fits_its_recipe() -> None:
+    root = Path(__file__).resolve().parents[1] / "configs" / "digits" / "tune"
+    recipe = yaml.safe_load((root / "kd.yaml").read_text())
+    space = load_space(root / "kd-space.yaml")
+    check_space(recipe, space)
+    assert set(space) >= {"train.optimizer.lr", "distill.terms.kd.T"}
