@@ -267,3 +267,10 @@ def test_a_failing_run_is_recorded_and_the_rest_go_on(
     )
     with pytest.raises(ValueError, match="broken method"):
         run_matrix(proto, out, progress=False, keep_going=False)
+
+
+def test_a_changed_protocol_does_not_reuse_stale_runs(ci_bench: Path) -> None:
+    proto = load_protocol("digits-ci")
+    proto.spec.epochs = 2
+    with pytest.raises(ConfigError, match=r"another config \(train\.epochs: 1 -> 2\)"):
+        run_matrix(proto, ci_bench, progress=False)

@@ -12,9 +12,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from kdlab.bench.protocol import Protocol, RunSpec, expand
+from kdlab.bench.protocol import Protocol, RunSpec, config_hash, expand
+from kdlab.config import load_config
 from kdlab.data import DataBundle, build_dataset
 from kdlab.engine import train
+from kdlab.errors import ConfigError
 
 RESULTS = "results.json"
 ERROR = "error.txt"
@@ -46,6 +48,35 @@ def read_record(spec: RunSpec, trained_now: bool = False) -> RunRecord:
             except ValueError:
                 continue  # a line cut by a kill
     return RunRecord(spec=spec, results=results, metrics=metrics, trained_now=trained_now)
+
+
+def check_same_config(spec: RunSpec) -> None:
+    """A run folder may only be reused (read or resumed) for the very same config."""
+    saved = spec.run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    old = load_config(saved)
+    if config_hash(old) == config_hash(spec.cfg):
+        return
+    a, b = _flat(old.model_dump(mode="json")), _flat(spec.cfg.model_dump(mode="json"))
+    diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in _IGNORED]
+    shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:4])
+    raise ConfigError(
+        f"{str(spec.run_dir)!r} holds a run of another config ({shown}); the protocol or "
+        "a recipe changed since: use another --out, or delete that folder to retrain it"
+    )
+
+
+_IGNORED = {"name", "output_dir", "train.progress"}
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
 
 
 def _data_key(spec: RunSpec) -> str:
@@ -97,6 +128,7 @@ def run_matrix(
     )
     try:
         for spec in runs:
+            check_same_config(spec)
             if is_done(spec.run_dir):
                 records.append(read_record(spec))
                 continue
