@@ -193,10 +193,24 @@ class Trainer:
         if tcfg.cache_teacher and teacher is not None:
             _enable_teacher_cache(cfg, self.distiller, len(d.train))
         if tcfg.compile:
-            # In place (Module.compile): parameter names, hooks and checkpoints are unchanged.
-            student.compile()
-            if teacher is not None:
-                teacher.compile()
+            # In place (Module.compile): parameter names and checkpoints are unchanged. A
+            # compiled model's submodule hooks capture nothing (measured, torch 2.13), so a
+            # model with taps stays eager.
+            tapped = self.distiller.teacher_taps
+            for role, model, taps in (
+                ("student", student, self.distiller.student_taps.taps),
+                ("teacher", teacher, tapped.taps if tapped is not None else []),
+            ):
+                if model is None:
+                    continue
+                if taps:
+                    warnings.warn(
+                        f"train.compile: the {role} has taps ({', '.join(map(str, taps))}), "
+                        "which compiled models do not fill; it runs eagerly",
+                        stacklevel=2,
+                    )
+                else:
+                    model.compile()
         self.stages = resolve_stages(cfg, self.distiller)
         self.train_loader = make_loader(
             d.train,
