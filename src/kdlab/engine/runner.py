@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -168,8 +169,8 @@ class Trainer:
         metrics = self.run_dir / "metrics.jsonl"
         if state is None:
             # A fresh start (also --resume with no checkpoint yet: a run killed before
-            # its first one) must not keep rows an earlier attempt appended.
-            metrics.unlink(missing_ok=True)
+            # its first one) must not keep what an earlier attempt left behind.
+            clear_run_artifacts(self.run_dir)
         else:
             # Rows of epochs after the checkpoint were written by the killed run and
             # will be written again by the replay: keep only those the checkpoint
@@ -462,6 +463,27 @@ class Trainer:
             self.run_dir / "results.json", json.dumps(result.to_json(), indent=2)
         )
         return result
+
+
+RUN_ARTIFACTS = (
+    "checkpoints",
+    "metrics.jsonl",
+    "best.safetensors",
+    "last.safetensors",
+    WEIGHTS,
+    "results.json",
+)
+
+
+def clear_run_artifacts(run_dir: Path) -> None:
+    """Remove what an earlier run left in ``run_dir``, so a fresh run never mixes in
+    its checkpoints or best weights."""
+    for name in RUN_ARTIFACTS:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
