@@ -41,6 +41,18 @@ class PairParams(TermParams):
     teacher: list[str] = []
 
 
+class SelfMSE(Term):
+    """MSE between two of the student's own taps: shapes must agree."""
+
+    method = "test_self_mse"
+    Params = PairParams
+    needs_teacher = False
+
+    def forward(self, ctx: StepContext) -> Tensor:
+        a, b = self.student_taps()
+        return F.mse_loss(ctx.s(a), ctx.s(b))
+
+
 class FeatureMSE(Term):
     """Plain MSE between paired taps, no adapter: shapes must already agree."""
 
@@ -86,9 +98,11 @@ def test_config_errors_name_the_key_and_what_is_valid(data: dict, words: list[st
 
 
 def test_term_errors_name_the_term() -> None:
-    with pytest.raises(ConfigError, match=r"distill\.terms\.0 \(kd\).*'T'.*greater than 0"):
+    with pytest.raises(ConfigError, match=r"'distill\.terms\.0 \(kd\)\.T': .*greater than 0"):
         build_terms([{"method": "kd", "T": 0}])
-    with pytest.raises(ConfigError, match=r"unknown key 'distill.terms.0 \(kd\).temp'; .*'T'"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'distill.terms.0 \(kd\).temp'; valid: T, method"
+    ):
         build_terms([{"method": "kd", "temp": 2}])
     with pytest.raises(RegistryError, match=r"unknown method 'kdd'; did you mean 'kd'"):
         build_terms([{"method": "kdd"}])
@@ -100,7 +114,8 @@ def test_term_errors_name_the_term() -> None:
     ("override", "words"),
     [
         ("train.epochs", "must look like key.path=value"),
-        ("train.epochs.x=1", "'train.epochs' is a int, not a mapping"),
+        ("train.epochs.x=1", "'train.epochs' is not a mapping"),
+        ("train.epochs.x.y=1", "'train.epochs' is a int, not a mapping or list"),
         ("distill.terms.5.weight=1", "'5' is not an index of a list of 1"),
         ("distill.terms.x=1", "'x' is not an index"),
     ],
@@ -151,9 +166,13 @@ def test_teacher_with_other_class_count() -> None:
 
 def test_teacher_checkpoint_with_other_class_count(tmp_path: Path) -> None:
     save_file(create_model("cnn_medium", 5, 1).state_dict(), str(tmp_path / "t.safetensors"))
-    with pytest.raises(CheckpointError, match=r"do not fit model 'cnn_medium'.*fc\.weight"):
+    with pytest.raises(
+        CheckpointError, match=r"do not fit model 'cnn_medium'.*size mismatch for fc\.weight"
+    ):
         load_model("cnn_medium", {}, str(tmp_path / "t.safetensors"), 10, 1)
-    with pytest.raises(CheckpointError, match=r"missing \['stages\.2"):
+    with pytest.raises(
+        CheckpointError, match=r"missing \['stages\.0\.0\.bn\.bias'.*same architecture"
+    ):
         load_model("cnn_large", {}, str(tmp_path / "t.safetensors"), 5, 1)
 
 
@@ -191,13 +210,15 @@ def test_tap_on_a_missing_layer() -> None:
 
 
 def test_incompatible_tap_shapes_for_a_method() -> None:
-    distiller = _distill(["stages.0"], ["stages.1"])  # 16x8x8 against 64x4x4
+    term = build_terms([{"method": "test_self_mse", "student": ["stages.0", "stages.1"]}])
+    model = create_model("cnn_small", 10, 1)  # stages.0 16x8x8, stages.1 32x4x4
+    distiller = Distiller(model, None, term, None, torch.zeros(2, 1, 8, 8))
     x, y = torch.randn(4, 1, 8, 8), torch.arange(4)
     with pytest.raises(TapError) as info:
         distiller(x, y)
     msg = str(info.value)
-    assert "term 'test_feature_mse'" in msg
-    assert "'stages.0' (4, 16, 8, 8)" in msg and "'stages.1' (4, 64, 4, 4)" in msg
+    assert "term 'test_self_mse' (method 'test_self_mse') cannot use its inputs" in msg
+    assert "'stages.0' (4, 16, 8, 8)" in msg and "'stages.1' (4, 32, 4, 4)" in msg
     assert isinstance(info.value.__cause__, RuntimeError)  # --debug shows torch's error
     distiller = _distill(["stages.1"], ["stages.1", "stages.2"])
     with pytest.raises(TapError, match="1 student taps but 2 teacher taps"):
@@ -218,7 +239,7 @@ def _bundle(x: Tensor, y: Tensor, classes: int = 10) -> DataBundle:
         (torch.zeros(4, 1, 8, 8), torch.tensor([0, -1, 2, 3]), r"\[-1, 3\]"),
         (torch.zeros(4, 1, 8, 8), torch.tensor([0.0, 1, 2, 3]), "labels must be integers"),
         (torch.full((4, 1, 8, 8), float("nan")), torch.arange(4), "256 input values are NaN"),
-        (torch.zeros(4, 3, 8, 8), torch.arange(4), r"expected 1 channels.*\(4, 3, 8, 8\)"),
+        (torch.zeros(4, 3, 8, 8), torch.arange(4), r"\(4, 3, 8, 8\), expected 1 channels"),
         (torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.arange(4), "must be floating point"),
     ],
 )

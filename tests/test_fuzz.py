@@ -22,6 +22,7 @@ from hypothesis.extra import numpy as hnp
 from pydantic import BaseModel
 
 from kdlab.config import RunConfig, apply_overrides, load_config
+from kdlab.data import build_dataset
 from kdlab.data.base import DataBundle, TensorSplit, check_bundle, check_finite, check_labels
 from kdlab.errors import KdlabError
 from kdlab.methods import build_terms
@@ -193,6 +194,55 @@ def test_non_finite_inputs_are_refused(x: np.ndarray, k: int) -> None:
             check_bundle(bundle)
 
 
+npz_arrays = hnp.arrays(
+    st.one_of(hnp.floating_dtypes(), hnp.integer_dtypes(), hnp.boolean_dtypes()),
+    hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5),
+)
+
+
+@FAST
+@given(
+    st.dictionaries(st.sampled_from(["x", "y", "x_test", "y_test", "z"]), npz_arrays, max_size=4),
+    st.one_of(st.none(), st.integers(-2, 12), st.text(max_size=3)),
+    st.floats(0.0, 0.9),
+)
+def test_generated_npz_files_raise_only_kdlab_errors(
+    tmp_path_factory: pytest.TempPathFactory, arrays: dict, classes: Any, val: float
+) -> None:
+    """Whatever arrays an .npz file holds, the npz dataset loads them or names the fault."""
+    TRIED["npz files"] += 1
+    path = tmp_path_factory.mktemp("npz") / "data.npz"
+    np.savez(path, **arrays)
+    options = {} if classes is None else {"num_classes": classes}
+    cfg = load_config(
+        {
+            "student": {"name": "mlp"},
+            "data": {"name": "npz", "root": str(path), "options": options, "val_fraction": val},
+        }
+    ).data
+    try:
+        bundle = build_dataset(cfg)
+        check_bundle(bundle, "npz")
+    except KdlabError as err:
+        assert str(err)
+        return
+    assert len(bundle.train) > 0 and len(bundle.test) > 0
+    TRIED["npz files accepted"] += 1
+
+
+@FAST
+@given(st.binary(max_size=64))
+def test_garbage_npz_files(tmp_path_factory: pytest.TempPathFactory, blob: bytes) -> None:
+    TRIED["garbage files"] += 1
+    path = tmp_path_factory.mktemp("bad") / "data.npz"
+    path.write_bytes(blob)
+    with pytest.raises(KdlabError):
+        build_dataset(
+            load_config({"student": {"name": "x"}, "data": {"name": "npz", "root": str(path)}}).data
+        )
+
+
 def test_report_counts() -> None:
     """Runs last in this file: print how many generated inputs were tried."""
-    print(f"\ngenerated inputs tried: {dict(TRIED)}, total {sum(TRIED.values())}")
+    tried = {k: v for k, v in TRIED.items() if "accepted" not in k}
+    print(f"\ngenerated inputs tried: {dict(TRIED)}, total {sum(tried.values())}")

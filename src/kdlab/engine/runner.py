@@ -82,8 +82,12 @@ def load_model(
         )
     try:
         model.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"weights {str(path)!r} do not fit model {name!r}: {err}") from None
+    except RuntimeError as err:  # same names, other shapes: e.g. another class count
+        detail = "; ".join(line.strip() for line in str(err).splitlines()[1:]) or str(err)
+        raise CheckpointError(
+            f"weights {str(path)!r} do not fit model {name!r} with {num_classes} classes and "
+            f"{in_channels} input channels: {detail}"
+        ) from None
     return model
 
 
