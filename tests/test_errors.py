@@ -44,7 +44,7 @@ class PairParams(TermParams):
 class SelfMSE(Term):
     """MSE between two of the student's own taps: shapes must agree."""
 
-    method = "test_self_mse"
+    method = "_test_self_mse"
     Params = PairParams
     needs_teacher = False
 
@@ -56,7 +56,7 @@ class SelfMSE(Term):
 class FeatureMSE(Term):
     """Plain MSE between paired taps, no adapter: shapes must already agree."""
 
-    method = "test_feature_mse"
+    method = "_test_feature_mse"
     Params = PairParams
 
     def forward(self, ctx: StepContext) -> Tensor:
@@ -189,7 +189,7 @@ def test_unreadable_checkpoints(tmp_path: Path, content: bytes) -> None:
 
 def _distill(student_taps: list[str], teacher_taps: list[str]) -> Distiller:
     term = build_terms(
-        [{"method": "test_feature_mse", "student": student_taps, "teacher": teacher_taps}]
+        [{"method": "_test_feature_mse", "student": student_taps, "teacher": teacher_taps}]
     )
     return Distiller(
         create_model("cnn_small", 10, 1),
@@ -210,14 +210,14 @@ def test_tap_on_a_missing_layer() -> None:
 
 
 def test_incompatible_tap_shapes_for_a_method() -> None:
-    term = build_terms([{"method": "test_self_mse", "student": ["stages.0", "stages.1"]}])
+    term = build_terms([{"method": "_test_self_mse", "student": ["stages.0", "stages.1"]}])
     model = create_model("cnn_small", 10, 1)  # stages.0 16x8x8, stages.1 32x4x4
     distiller = Distiller(model, None, term, None, torch.zeros(2, 1, 8, 8))
     x, y = torch.randn(4, 1, 8, 8), torch.arange(4)
     with pytest.raises(TapError) as info:
         distiller(x, y)
     msg = str(info.value)
-    assert "term 'test_self_mse' (method 'test_self_mse') cannot use its inputs" in msg
+    assert "term '_test_self_mse' (method '_test_self_mse') cannot use its inputs" in msg
     assert "'stages.0' (4, 16, 8, 8)" in msg and "'stages.1' (4, 32, 4, 4)" in msg
     assert isinstance(info.value.__cause__, RuntimeError)  # --debug shows torch's error
     distiller = _distill(["stages.1"], ["stages.1", "stages.2"])

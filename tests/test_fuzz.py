@@ -200,9 +200,43 @@ npz_arrays = hnp.arrays(
 )
 
 
+@st.composite
+def nearly_valid_npz(draw: st.DrawFn) -> dict[str, np.ndarray]:
+    """Usable arrays (features or images), then maybe one fault: a NaN, a bad label,
+    a wrong length, a wrong rank, a missing or foreign array."""
+    n = draw(st.integers(4, 24))
+    shape = draw(st.sampled_from([(n, 3), (n, 5, 5), (n, 2, 3, 3)]))
+    dtype = draw(st.sampled_from([np.float32, np.float64, np.int16, np.uint8]))
+    x = draw(hnp.arrays(dtype, shape, elements={"min_value": 0, "max_value": 100}))
+    k = draw(st.integers(1, 4))
+    y = np.arange(n) % k
+    arrays = {"x": x, "y": y}
+    fault = draw(st.sampled_from(["none", "nan", "label", "length", "rank", "drop", "float y"]))
+    if fault == "nan" and x.dtype.kind == "f":
+        x.flat[draw(st.integers(0, x.size - 1))] = np.nan
+    elif fault == "label":
+        y[draw(st.integers(0, n - 1))] = draw(st.sampled_from([-1, 1000]))
+    elif fault == "length":
+        arrays["y"] = y[:-1]
+    elif fault == "rank":
+        arrays["x"] = x.reshape(-1)
+    elif fault == "drop":
+        arrays.pop(draw(st.sampled_from(["x", "y"])))
+    elif fault == "float y":
+        arrays["y"] = y + draw(st.sampled_from([0.0, 0.5]))
+    if draw(st.booleans()):
+        arrays["x_test"], arrays["y_test"] = arrays.get("x", x)[:4], np.arange(4) % k
+    return arrays
+
+
 @FAST
 @given(
-    st.dictionaries(st.sampled_from(["x", "y", "x_test", "y_test", "z"]), npz_arrays, max_size=4),
+    st.one_of(
+        nearly_valid_npz(),
+        st.dictionaries(
+            st.sampled_from(["x", "y", "x_test", "y_test", "z"]), npz_arrays, max_size=4
+        ),
+    ),
     st.one_of(st.none(), st.integers(-2, 12), st.text(max_size=3)),
     st.floats(0.0, 0.9),
 )

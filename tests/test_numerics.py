@@ -29,7 +29,7 @@ class FaultParams(TermParams):
 class NaNAtStep(Term):
     """Cross-entropy, except NaN at iteration ``at``."""
 
-    method = "test_nan_at"
+    method = "_test_nan_at"
     Params = FaultParams
     needs_teacher = False
 
@@ -41,7 +41,7 @@ class NaNAtStep(Term):
 class NaNGradAtStep(Term):
     """A finite loss whose gradient is NaN at iteration ``at`` (sqrt at 0)."""
 
-    method = "test_nan_grad_at"
+    method = "_test_nan_grad_at"
     Params = FaultParams
     needs_teacher = False
 
@@ -55,7 +55,7 @@ class NaNGradAtStep(Term):
 class LogitEnergy(Term):
     """``scale * mean(z^2)``: a loss with a huge gradient."""
 
-    method = "test_logit_energy"
+    method = "_test_logit_energy"
     needs_teacher = False
 
     def forward(self, ctx: StepContext) -> Tensor:
@@ -95,11 +95,11 @@ def _cfg(**changes: Any) -> Any:
 def test_nan_loss_names_term_and_step_and_keeps_last_good_checkpoint(
     tmp_path: Path, bundle: Any
 ) -> None:
-    cfg = _cfg(distill__terms=[{"method": "ce"}, {"method": "test_nan_at", "at": 7}])
+    cfg = _cfg(distill__terms=[{"method": "ce"}, {"method": "_test_nan_at", "at": 7}])
     with pytest.raises(NumericalError) as info:
         train(cfg, run_dir=tmp_path, bundle=bundle)
     msg = str(info.value)
-    assert "'test_nan_at'" in msg and "'ce'" not in msg  # the culprit, not the healthy term
+    assert "'_test_nan_at'" in msg and "'ce'" not in msg  # the culprit, not the healthy term
     assert "iteration 7" in msg and "epoch 2" in msg
     # Checkpoints at 3, 5 (epoch end) and 6 were written; nothing after the NaN.
     loaded = ckpt.load_latest_checkpoint(tmp_path / "checkpoints", warn=pytest.fail)
@@ -111,7 +111,7 @@ def test_nan_loss_names_term_and_step_and_keeps_last_good_checkpoint(
 
 
 def test_finite_loss_with_nan_gradient_is_not_checkpointed(tmp_path: Path, bundle: Any) -> None:
-    cfg = _cfg(distill__terms=[{"method": "test_nan_grad_at", "at": 4}], train__checkpoint_every=1)
+    cfg = _cfg(distill__terms=[{"method": "_test_nan_grad_at", "at": 4}], train__checkpoint_every=1)
     with pytest.raises(NumericalError, match=r"iteration 4: weight '.*' is not finite"):
         train(cfg, run_dir=tmp_path, bundle=bundle)
     _, state = ckpt.load_latest_checkpoint(tmp_path / "checkpoints", warn=pytest.fail)
@@ -128,7 +128,7 @@ def _step_norm(bundle: Any, tmp_path: Path, clip: float | None) -> float:
     """The norm of one SGD step (lr 1, no momentum/decay) = the applied gradient's norm."""
     cfg = _cfg(
         data={"name": "digits", "batch_size": 64, "per_class": 3},  # 30 images: one batch
-        distill={"terms": [{"method": "test_logit_energy"}]},
+        distill={"terms": [{"method": "_test_logit_energy"}]},
         train={
             "epochs": 1,
             "grad_clip": clip,

@@ -128,19 +128,21 @@ def test_yaml_python_tags_are_refused(tmp_path: Path, text: str) -> None:
 
 
 def test_source_has_no_unsafe_loaders() -> None:
-    """No eval/exec/pickle/unsafe YAML in kdlab; every torch.load is weights_only=True."""
+    """No eval/exec/plain pickle/unsafe YAML in kdlab; every torch.load is weights_only=True."""
     offenders = []
     for path in sorted(SRC.rglob("*.py")):
         text = path.read_text()
         for pattern in (
             r"(?<![.\w])eval\(",  # model.eval() is fine
             r"(?<![.\w])exec\(",
-            r"\bpickle\.",
+            r"\bpickle\.loads?\(",  # only restricted Unpickler subclasses may unpickle
             r"yaml\.(unsafe_)?load\(",
             r"yaml\.(Unsafe|Full)?Loader",
             r"__import__\(",
         ):
             offenders += [f"{path.name}: {m.group(0)}" for m in re.finditer(pattern, text)]
+        if "Unpickler" in text and "def find_class" not in text:
+            offenders.append(f"{path.name}: an Unpickler without a find_class allow-list")
         for call in re.finditer(r"torch\.load\(([^()]|\([^()]*\))*\)", text):
             if "weights_only=True" not in call.group(0):
                 offenders.append(f"{path.name}: {call.group(0)}")
