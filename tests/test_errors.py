@@ -155,6 +155,13 @@ def test_bad_device_and_model_kwargs(tmp_path: Path) -> None:
         create_model("cnn_tny", 10, 1)
 
 
+def test_run_folder_that_cannot_be_created(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("in the way")
+    trainer = Trainer(_cfg({}), run_dir=tmp_path / "file" / "run")
+    with pytest.raises(ConfigError, match="run folder .* cannot be created"):
+        trainer.run()
+
+
 # ---------------------------------------------------------------- models, taps, shapes
 
 

@@ -118,6 +118,14 @@ def test_finite_loss_with_nan_gradient_is_not_checkpointed(tmp_path: Path, bundl
     assert state["iteration"] == 3
 
 
+def test_nan_gradient_with_clipping_stops_at_that_step(tmp_path: Path, bundle: Any) -> None:
+    cfg = _cfg(distill__terms=[{"method": "_test_nan_grad_at", "at": 4}], train__grad_clip=1.0)
+    with pytest.raises(NumericalError, match=r"iteration 4: the gradient norm is nan"):
+        train(cfg, run_dir=tmp_path, bundle=bundle)
+    _, state = ckpt.load_latest_checkpoint(tmp_path / "checkpoints", warn=pytest.fail)
+    assert state["iteration"] == 3
+
+
 def test_huge_learning_rate_stops_with_a_named_term(tmp_path: Path, bundle: Any) -> None:
     cfg = _cfg(train__optimizer={"lr": 1e12, "momentum": 0.0}, train__checkpoint_every=None)
     with pytest.raises(NumericalError, match=r"loss 'ce' is not finite|weight '.*' is not finite"):

@@ -33,7 +33,7 @@ from kdlab.engine.env import environment, resolve_device
 from kdlab.engine.evaluate import evaluate
 from kdlab.engine.optim import build_optimizer, build_scheduler
 from kdlab.engine.stages import Stage, resolve_stages, trainable_parameters
-from kdlab.errors import CheckpointError, NumericalError
+from kdlab.errors import CheckpointError, ConfigError, NumericalError
 from kdlab.methods import build_terms
 from kdlab.models import count_parameters, create_model
 from kdlab.views import build_views
@@ -163,7 +163,12 @@ class Trainer:
     # ------------------------------------------------------------------ running
     def run(self, resume: bool = False) -> RunResult:
         start = time.time()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # a file in the way, no permission: the user's path
+            raise ConfigError(
+                f"run folder {str(self.run_dir)!r} cannot be created: {err}"
+            ) from None
         ckpt.atomic_write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
         ckpt.atomic_write_text(
             self.run_dir / "env.json", json.dumps(environment(self.device), indent=2)
@@ -294,7 +299,16 @@ class Trainer:
             else:
                 out.total.backward()
             if grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                # Clipping a NaN norm gives NaN gradients: stop before they reach the
+                # weights (fp16's scaler skips such steps itself, so not with it).
+                if scaler is None and not bool(torch.isfinite(norm)):
+                    raise NumericalError(
+                        f"stage {stage.name!r}, epoch {engine.state.epoch}, iteration {it}: "
+                        f"the gradient norm is {float(norm)} (loss terms "
+                        f"{', '.join(repr(k) for k in out.losses)}); the last good "
+                        "checkpoint is kept"
+                    )
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
@@ -310,7 +324,7 @@ class Trainer:
         sums: dict[str, Tensor] = {}
         # A mid-epoch checkpoint carries the running sums of the epoch's train metrics,
         # so the resumed epoch's row equals an uninterrupted run's (not a partial mean).
-        pending_sums = dict(resume.get("sums") or {}) if resume is not None else {}
+        pending_sums = {k: v.to(device) for k, v in ((resume or {}).get("sums") or {}).items()}
         total_iters = stage.epochs * len(loader)
         bar = None
         if cfg.train.progress and self.progress_cb is None:
