@@ -149,7 +149,7 @@ def _step_norm(bundle: Any, tmp_path: Path, clip: float | None) -> float:
     student = trainer.distiller.student
     before = {n: p.detach().clone() for n, p in student.named_parameters()}
     trainer.run()
-    after = dict(student.named_parameters())
+    after = {n: p.detach() for n, p in student.named_parameters()}
     assert len(trainer.history) == 1
     return math.sqrt(sum(float((after[n] - b).pow(2).sum()) for n, b in before.items()))
 
