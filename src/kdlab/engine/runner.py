@@ -29,6 +29,7 @@ from kdlab.data.augment import augment
 from kdlab.data.base import check_bundle
 from kdlab.distiller import Distiller
 from kdlab.engine import checkpoint as ckpt
+from kdlab.engine import distributed as dist
 from kdlab.engine.env import environment, resolve_device
 from kdlab.engine.evaluate import evaluate
 from kdlab.engine.optim import build_optimizer, build_scheduler
@@ -99,10 +100,13 @@ def run_folder(cfg: RunConfig) -> Path:
     return Path(cfg.output_dir) / cfg.name
 
 
-def _seed_for(seed: int, stage_index: int, iteration: int) -> int:
+def _seed_for(seed: int, stage_index: int, iteration: int, rank: int = 0) -> int:
     # Every step's randomness (augmentation, views, dropout) is a function of the
-    # run seed and the step alone, so a resumed run replays it exactly.
-    return (seed * 1_000_003 + stage_index * 10_000_019 + iteration) % (2**63 - 1)
+    # run seed and the step alone, so a resumed run replays it exactly. Each rank of a
+    # distributed run draws its own (its shard must not get the same crops as rank 0's).
+    return (seed * 1_000_003 + stage_index * 10_000_019 + iteration + rank * 1_000_000_007) % (
+        2**63 - 1
+    )
 
 
 class Trainer:
@@ -114,14 +118,22 @@ class Trainer:
         run_dir: Path | None = None,
         progress: Callable[[str, int, int], None] | None = None,
         bundle: DataBundle | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.on_epoch = on_epoch  # called with each epoch's metrics row (on rank 0)
+        self.rank, self.world_size = dist.rank(), dist.world_size()
         self.run_dir = Path(run_dir) if run_dir is not None else run_folder(cfg)
         self.progress_cb = progress
         tcfg = cfg.train
         if tcfg.threads:
             torch.set_num_threads(tcfg.threads)
-        self.device = resolve_device(tcfg.device)
+        self.device = dist.local_device(resolve_device(tcfg.device))
+        if tcfg.amp == "fp16" and self.device.type != "cuda":
+            raise ConfigError(
+                "train.amp 'fp16' needs a CUDA device (it trains with a gradient scaler); "
+                "use 'bf16' on CPU"
+            )
         torch.manual_seed(cfg.seed)
         self.data = bundle if bundle is not None else build_dataset(cfg.data)
         d = self.data
@@ -147,8 +159,8 @@ class Trainer:
         terms = build_terms(cfg.distill.terms)
         for term in terms:
             bind = getattr(term, "bind_data", None)
-            if callable(bind):
-                bind(len(d.train))
+            if callable(bind):  # terms that index the training set (CRD's memory bank)
+                bind(len(d.train), labels=d.train.y)
         self.distiller = Distiller(
             student, teacher, terms, build_views(cfg.distill.views), example_input=d.train.x[:2]
         ).to(self.device)
@@ -156,37 +168,47 @@ class Trainer:
             self.distiller.to(memory_format=torch.channels_last)
         self.stages = resolve_stages(cfg, self.distiller)
         self.train_loader = make_loader(
-            d.train, cfg.data.batch_size, train=True, seed=cfg.seed, device=self.device
+            d.train,
+            dist.per_rank_batch(cfg.data.batch_size),
+            train=True,
+            seed=cfg.seed,
+            rank=self.rank,
+            world_size=self.world_size,
+            device=self.device,
         )
         self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ running
     def run(self, resume: bool = False) -> RunResult:
         start = time.time()
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:  # a file in the way, no permission: the user's path
-            raise ConfigError(
-                f"run folder {str(self.run_dir)!r} cannot be created: {err}"
-            ) from None
-        ckpt.atomic_write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
-        ckpt.atomic_write_text(
-            self.run_dir / "env.json", json.dumps(environment(self.device), indent=2)
-        )
+        main = self.rank == 0  # only rank 0 writes the run folder
+        if main:
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:  # a file in the way, no permission: the user's path
+                raise ConfigError(
+                    f"run folder {str(self.run_dir)!r} cannot be created: {err}"
+                ) from None
+            ckpt.atomic_write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
+            env = {**environment(self.device), "world_size": self.world_size}
+            ckpt.atomic_write_text(self.run_dir / "env.json", json.dumps(env, indent=2))
         state = self._resume_state() if resume else None
         self._started = start - (state or {}).get("elapsed", 0.0)
         metrics = self.run_dir / "metrics.jsonl"
         if state is None:
             # A fresh start (also --resume with no checkpoint yet: a run killed before
             # its first one) must not keep what an earlier attempt left behind.
-            clear_run_artifacts(self.run_dir)
+            if main:
+                clear_run_artifacts(self.run_dir)
         else:
             # Rows of epochs after the checkpoint were written by the killed run and
             # will be written again by the replay: keep only those the checkpoint
             # covers (this also drops a last line cut by the kill), so each
             # (stage, epoch) appears exactly once.
             self.history = self._rows_before(state, _read_jsonl(metrics))
-            ckpt.atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in self.history))
+            if main:
+                rows = "".join(json.dumps(r) + "\n" for r in self.history)
+                ckpt.atomic_write_text(metrics, rows)
         first = state["stage_index"] if state else 0
         for i, stage in enumerate(self.stages):
             if i < first:
@@ -269,11 +291,16 @@ class Trainer:
         grad_clip = cfg.train.grad_clip
         channels_last = cfg.train.channels_last
         plan_losses = stage.losses
+        main = self.rank == 0
+        # DDP syncs the parameters this stage trains; pre-stages (and terms idle in the
+        # main stage) leave some without a gradient, which DDP must be told to expect.
+        idle = any(not t.in_main_stage for t in distiller.terms.values())
+        ddp = [dist.wrap(distiller, device, find_unused=not stage.is_main or idle)]
 
         def step(engine: Engine, batch: tuple[Tensor, Tensor, Tensor]) -> dict[str, Tensor]:
             x, y, idx = batch
             it = engine.state.iteration
-            torch.manual_seed(_seed_for(cfg.seed, index, it))
+            torch.manual_seed(_seed_for(cfg.seed, index, it, self.rank))
             distiller.train()
             x = augment(x, aug.crop_padding, aug.hflip)
             if channels_last and x.dim() == 4:
@@ -281,7 +308,7 @@ class Trainer:
             with torch.autocast(
                 device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
             ):
-                out = distiller(
+                out = ddp[0](
                     x, y, idx, losses=plan_losses, epoch=engine.state.epoch - 1, iteration=it
                 )
             if not bool(torch.isfinite(out.total)):
@@ -327,7 +354,7 @@ class Trainer:
         pending_sums = {k: v.to(device) for k, v in ((resume or {}).get("sums") or {}).items()}
         total_iters = stage.epochs * len(loader)
         bar = None
-        if cfg.train.progress and self.progress_cb is None:
+        if cfg.train.progress and self.progress_cb is None and main:
             bar = tqdm(
                 total=total_iters,
                 initial=resume["iteration"] if resume else 0,
@@ -348,7 +375,7 @@ class Trainer:
         def _accumulate(e: Engine) -> None:
             for k, v in e.state.output.items():
                 sums[k] = sums[k] + v if k in sums else v.clone()
-            if self.progress_cb is not None:
+            if self.progress_cb is not None and main:
                 self.progress_cb(stage.name, e.state.iteration, total_iters)
             elif bar is not None:
                 bar.update(1)
@@ -359,7 +386,8 @@ class Trainer:
         def _epoch_end(e: Engine) -> None:
             scheduler.step()
             epoch = e.state.epoch
-            n_batches = max(len(loader), 1)
+            n_batches = max(len(loader), 1) * self.world_size
+            sums.update(dist.reduce_sums(sums))
             row: dict[str, Any] = {"stage": stage.name, "epoch": epoch}
             row["lr"] = optimizer.param_groups[0]["lr"]
             for k, v in sums.items():
@@ -367,17 +395,23 @@ class Trainer:
                     row[f"train_{k}"] = float(v) / n_batches
             row["train_acc"] = 100.0 * float(sums["correct"]) / max(float(sums["n"]), 1.0)
             if self.data.val is not None:
-                val = evaluate(distiller.student, self.data.val, cfg.data.eval_batch_size, device)
+                val = dist.evaluate_sharded(
+                    distiller.student, self.data.val, cfg.data.eval_batch_size, device
+                )
                 row.update({f"val_{k}": v for k, v in val.items()})
                 if stage.is_main and val["acc1"] > best["val_acc"]:
                     best.update(val_acc=val["acc1"], epoch=epoch)
-                    ckpt.save_weights(
-                        self.run_dir / "best.safetensors", distiller.student.state_dict()
-                    )
+                    if main:
+                        ckpt.save_weights(
+                            self.run_dir / "best.safetensors", distiller.student.state_dict()
+                        )
             row["time"] = time.time()
             self.history.append(row)
-            _append_jsonl(self.run_dir / "metrics.jsonl", row)
+            if main:
+                _append_jsonl(self.run_dir / "metrics.jsonl", row)
             self._checkpoint(index, e, optimizer, scheduler, best, None, scaler)
+            if self.on_epoch is not None and main:
+                self.on_epoch(row)
             if bar is not None:
                 shown = {"loss": row.get("train_loss"), "val": row.get("val_acc1")}
                 bar.set_postfix({k: round(v, 3) for k, v in shown.items() if v is not None})
@@ -399,6 +433,7 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            ddp.clear()  # free DDP (and its gradient hooks) before the next stage wraps anew
         self._stage_best = best
 
     def _checkpoint(
@@ -413,7 +448,8 @@ class Trainer:
     ) -> None:
         weights = self.distiller.state_dict()
         # A finite loss can still leave non-finite weights (an overflowing gradient);
-        # saving them would replace the last good checkpoint with a useless one.
+        # saving them would replace the last good checkpoint with a useless one. Every
+        # rank checks (their weights are equal), so all stop together.
         for name, value in weights.items():
             if value.is_floating_point() and not bool(torch.isfinite(value).all()):
                 raise NumericalError(
@@ -422,6 +458,8 @@ class Trainer:
                     "the last good checkpoint is kept (lower the learning rate or set "
                     "train.grad_clip)"
                 )
+        if self.rank != 0:
+            return
         state = {
             "stage_index": index,
             "stage": self.stages[index].name,
@@ -448,6 +486,9 @@ class Trainer:
             ckpt.save_checkpoint(self.run_dir / "checkpoints", step + 1, weights, nxt)
 
     def _finish(self, elapsed: float) -> RunResult:
+        if self.rank != 0:  # rank 0 tests and writes; the others return its result
+            shared = dist.broadcast_json(None)
+            return RunResult(**shared)
         cfg, d, device = self.cfg, self.data, self.device
         student = self.distiller.student
         last_weights = {k: v.detach().clone() for k, v in student.state_dict().items()}
@@ -480,6 +521,7 @@ class Trainer:
         ckpt.atomic_write_text(
             self.run_dir / "results.json", json.dumps(result.to_json(), indent=2)
         )
+        dist.broadcast_json(asdict(result))
         return result
 
 
@@ -527,6 +569,7 @@ def train(
     resume: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
     bundle: DataBundle | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunResult:
     """Train the recipe ``cfg`` in ``run_dir`` (default ``output_dir/name``).
 
@@ -535,8 +578,11 @@ def train(
         progress: called as ``progress(stage, iteration, total)`` after every step
             (replaces the per-epoch printout).
         bundle: an already built dataset (skips ``build_dataset``; e.g. for pipelines).
+        on_epoch: called with each epoch's metrics row (``stage``, ``epoch``,
+            ``val_acc1``, ...) after it is logged; e.g. to report to a tuner's pruner.
     """
-    return Trainer(cfg, Path(run_dir) if run_dir else None, progress, bundle).run(resume=resume)
+    trainer = Trainer(cfg, Path(run_dir) if run_dir else None, progress, bundle, on_epoch)
+    return trainer.run(resume=resume)
 
 
 def is_finite_number(x: float | None) -> bool:
