@@ -133,3 +133,24 @@ def test_soft_cross_entropy_matches_numpy_and_kl_plus_entropy() -> None:
     assert got == pytest.approx(float(kl) + entropy, rel=1e-5)
     # minimised (= the teacher's entropy) when the student matches the teacher
     assert float(soft_cross_entropy(zt, zt, T)) == pytest.approx(entropy, rel=1e-5)
+
+
+def test_cqd_term_feeds_teacher_clean_and_student_degraded() -> None:
+    from kdlab.config import load_config
+    from kdlab.distiller import Distiller
+    from kdlab.methods import build_terms
+    from kdlab.models import create_model
+
+    cfg = load_config("configs/digits/cqd.yaml")
+    torch.manual_seed(0)
+    s, t = create_model("cnn_small", 10, 1), create_model("cnn_medium", 10, 1)
+    x = torch.randn(8, 1, 8, 8)
+    y = torch.arange(8)
+    d = Distiller(s, t, build_terms(cfg.distill.terms), build_views(cfg.distill.views), x)
+    d.train()
+    s.eval()  # BN in eval so that a second forward gives the same logits
+    out = d(x, y)
+    with torch.no_grad():
+        zs, zt = s(dg.downsample(x, 4)), t(x)
+    assert float(out.losses["ce"]) == pytest.approx(float(F.cross_entropy(zs, y)), rel=1e-5)
+    assert float(out.losses["cqd"]) == pytest.approx(float(soft_cross_entropy(zs, zt, 4.0)), 1e-5)
