@@ -154,3 +154,25 @@ def test_cqd_term_feeds_teacher_clean_and_student_degraded() -> None:
         zs, zt = s(dg.downsample(x, 4)), t(x)
     assert float(out.losses["ce"]) == pytest.approx(float(F.cross_entropy(zs, y)), rel=1e-5)
     assert float(out.losses["cqd"]) == pytest.approx(float(soft_cross_entropy(zs, zt, 4.0)), 1e-5)
+
+
+def test_student_batchnorm_sees_only_the_degraded_view() -> None:
+    """No extra train-mode forward on the clean batch may move the student's BN stats."""
+    from kdlab.distiller import Distiller
+    from kdlab.methods import build_terms
+    from kdlab.models import create_model
+
+    torch.manual_seed(0)
+    s = create_model("cnn_small", 10, 1)
+    ref = create_model("cnn_small", 10, 1)
+    ref.load_state_dict(s.state_dict())
+    x = torch.randn(8, 1, 8, 8) * 3 + 1
+    views = build_views({"degraded": {"type": "downsample", "size": 2}})
+    terms = build_terms([{"method": "ce", "student_view": "degraded"}])
+    d = Distiller(s, None, terms, views, x)
+    d.train()
+    d(x, torch.arange(8))
+    ref.train()
+    ref(dg.downsample(x, 2))
+    torch.testing.assert_close(s.stages[0].bn.running_mean, ref.stages[0].bn.running_mean)
+    torch.testing.assert_close(s.stages[0].bn.running_var, ref.stages[0].bn.running_var)

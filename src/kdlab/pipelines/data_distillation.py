@@ -154,6 +154,9 @@ class DataDistillationConfig(Strict):
         description="inference transforms whose probabilities are averaged",
     )
     threshold: float = Field(0.0, ge=0.0, le=1.0, description="min averaged top probability")
+    supervised_epochs: int | None = Field(
+        None, ge=1, description="epochs of the labelled-only run (default: run.train.epochs)"
+    )
     model: ModelConfig | None = Field(
         None, description="the model trained on labelled data (default: the run's student)"
     )
@@ -216,6 +219,8 @@ def run_data_distillation(
     first.distill.terms = [{"method": "ce"}]
     first.distill.stages = []
     first.name = f"{run.name}-supervised"
+    if cfg.supervised_epochs is not None:
+        first.train.epochs = cfg.supervised_epochs
     sup_bundle = _with_train(data, labelled)
     supervised = train(first, run_dir=out_dir / "supervised", bundle=sup_bundle, progress=progress)
     model = load_model(
