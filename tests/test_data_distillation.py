@@ -92,15 +92,23 @@ def test_split_labelled_is_stratified_and_disjoint() -> None:
     assert not set(lab.x.flatten().tolist()) & set(unl.x.flatten().tolist())
 
 
-def test_pipeline_runs_end_to_end(tmp_path) -> None:  # noqa: ANN001
+def test_pipeline_and_omni_protocol_end_to_end(tmp_path) -> None:  # noqa: ANN001
+    from kdlab.cli import main
+
     cfg = dd.load_pipeline_config(
         "configs/digits/data_distillation.yaml",
-        ["run.train.epochs=1", "run.train.progress=false", "run.student.name=cnn_tiny",
-         "threshold=0.5"],
+        ["run.train.epochs=1", "supervised_epochs=1", "run.train.progress=false",
+         "run.student.name=cnn_tiny", "threshold=0.5"],
     )
-    res = dd.run_data_distillation(cfg, tmp_path, seed=0)
+    res = dd.run_data_distillation(cfg, tmp_path / "p", seed=0)
     assert res.n_labelled + res.n_unlabelled > 1000
     assert 0 <= res.n_pseudo <= res.n_unlabelled
-    assert (tmp_path / "supervised" / "results.json").is_file()
-    assert (tmp_path / "distilled" / "results.json").is_file()
-    assert 0.0 <= res.distilled.test_acc_best <= 100.0
+    assert (tmp_path / "p" / "supervised" / "results.json").is_file()
+    assert (tmp_path / "p" / "distilled" / "results.json").is_file()
+
+    code = main(["protocol", "omni", "--seeds", "0", "--epochs", "1", "--out",
+                 str(tmp_path / "o"), "run.student.name=cnn_tiny"])
+    assert code == 0
+    table = (tmp_path / "o" / "table.md").read_text()
+    assert "| supervised only" in table and "| data distillation" in table
+    assert "runs.csv" in {f.name for f in (tmp_path / "o").iterdir()}

@@ -98,7 +98,7 @@ def train_metric(cfg: RunConfig, bundle: DataBundle, run_dir: Path) -> dict[str,
             out.total.backward()
             opt.step()
             for k, v in out.losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v) / len(loader)
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) / len(loader)
         sched.step()
         row: dict[str, Any] = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in sums.items()}}
         if bundle.val is not None:
