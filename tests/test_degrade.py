@@ -182,7 +182,7 @@ def test_cqd_protocol_runs_and_saves_its_table(tmp_path) -> None:  # noqa: ANN00
     from kdlab.cli import main
 
     code = main(["protocol", "cqd", "--seeds", "0", "--epochs", "1", "--degradations",
-                 "low-res 4x4", "--out", str(tmp_path), "student.name=cnn_tiny",
+                 "lowres4", "--out", str(tmp_path), "student.name=cnn_tiny",
                  "teacher.name=cnn_tiny"])
     assert code == 0
     table = (tmp_path / "table.md").read_text()

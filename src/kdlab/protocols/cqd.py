@@ -24,14 +24,15 @@ from kdlab.report import fmt_mean_std
 
 CONFIG = "configs/digits/cqd.yaml"
 
-DEGRADATIONS: dict[str, dict[str, Any]] = {
-    "low-res 4x4": {"type": "downsample", "size": 4},
-    "low-res 2x2": {"type": "downsample", "size": 2},
-    "blur sigma 1": {"type": "gaussian_blur", "sigma": 1.0},
-    "noise sigma 1": {"type": "additive_noise", "sigma": 1.0},
-    "quantise 2 levels": {"type": "quantize", "levels": 2},
+# key -> (row label, view spec)
+DEGRADATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "lowres4": ("low-res 4x4", {"type": "downsample", "size": 4}),
+    "lowres2": ("low-res 2x2", {"type": "downsample", "size": 2}),
+    "blur1": ("blur sigma 1", {"type": "gaussian_blur", "sigma": 1.0}),
+    "noise1": ("noise sigma 1", {"type": "additive_noise", "sigma": 1.0}),
+    "quant2": ("quantise 2 levels", {"type": "quantize", "levels": 2}),
 }
-DEFAULT = ["low-res 4x4", "blur sigma 1", "noise sigma 1"]
+DEFAULT = ["lowres4", "blur1", "noise1"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--degradations",
         nargs="+",
         default=DEFAULT,
-        help="which rows: " + "; ".join(f"{k!r}" for k in DEGRADATIONS),
+        help="which rows: " + ", ".join(f"{k} ({v[0]})" for k, v in DEGRADATIONS.items()),
     )
     p.add_argument("--teacher-epochs", type=int, help="epochs of the clean teacher")
     args = p.parse_args(argv)
@@ -75,8 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     records: list[dict[str, Any]] = []
     rows = []
-    for name in args.degradations:
-        spec = DEGRADATIONS[name]
+    for key in args.degradations:
+        name, spec = DEGRADATIONS[key]
         degraded = DataBundle(
             train=clean.train,
             val=None
@@ -91,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         t_deg = evaluate(teacher, degraded.test)["acc1"]
         rows.append([name, "clean teacher (reference)", "-", f"{t_deg:.2f}", "-"])
         records.append({"degradation": name, "arm": "teacher", "seed": 0, "test_acc_best": t_deg})
-        slug = name.replace(" ", "_")
+        slug = key
         for arm in ("labels only", "CQD"):
             accs = []
             for seed in args.seeds:
