@@ -36,6 +36,15 @@ def run_overrides(args: argparse.Namespace, prefix: str = "") -> list[str]:
     return list(args.overrides) + extra
 
 
+def paired_gain(arm: Sequence[float], base: Sequence[float]) -> str:
+    """``mean +- std`` of the per-seed differences ``arm - base`` (same seeds, same order)."""
+    from kdlab.report import fmt_mean_std  # noqa: PLC0415
+
+    if len(arm) != len(base) or not arm:
+        return "-"
+    return fmt_mean_std([a - b for a, b in zip(arm, base)])
+
+
 def save_table(
     out: Path,
     title: str,
