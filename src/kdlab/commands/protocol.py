@@ -1,32 +1,23 @@
-"""``kdlab protocol NAME [args]``: run a benchmark protocol and save its table.
+"""``kdlab protocol NAME ...``: the benchmark protocols, one module each.
 
-Each protocol is a module with ``main(argv) -> int``; add one by adding a line to
-``PROTOCOLS`` (name -> module). ``kdlab protocol NAME --help`` lists its options.
+Every module in :mod:`kdlab.protocols` that defines ``add_parser(subparsers)`` adds its
+own ``kdlab protocol <name>`` parser, so adding a protocol means adding one file there.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-
-PROTOCOLS: dict[str, str] = {
-    "cqd": "kdlab.protocols.cqd",
-    "omni": "kdlab.protocols.omni",
-    "metric": "kdlab.protocols.metric",
-}
+import pkgutil
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "protocol",
-        help="run a protocol (" + ", ".join(sorted(PROTOCOLS)) + ") and save its table",
-        add_help=False,
-    )
-    p.add_argument("name", choices=sorted(PROTOCOLS), help="which protocol")
-    p.add_argument("args", nargs=argparse.REMAINDER, help="the protocol's own arguments")
-    p.set_defaults(func=run)
+    import kdlab.protocols as protocols  # noqa: PLC0415
 
-
-def run(args: argparse.Namespace) -> int:
-    module = importlib.import_module(PROTOCOLS[args.name])
-    return int(module.main(list(args.args)) or 0)
+    p = sub.add_parser("protocol", help="run a benchmark protocol and save its table")
+    names = p.add_subparsers(dest="protocol", metavar="NAME", required=True)
+    for info in sorted(pkgutil.iter_modules(protocols.__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"kdlab.protocols.{info.name}")
+        adder = getattr(module, "add_parser", None)
+        if callable(adder):
+            adder(names)

@@ -1,2 +1,5 @@
-"""Protocols: experiments that train several runs and report one table
-(``kdlab protocol NAME``). Each module has ``main(argv) -> int``."""
+"""Benchmark protocols, one module each.
+
+A protocol module that defines ``add_parser(subparsers)`` appears as
+``kdlab protocol <name>`` (see :mod:`kdlab.commands.protocol`); nothing else needs editing.
+"""

@@ -11,8 +11,16 @@ from typing import Any
 from kdlab.report import markdown_table, write_csv
 
 
-def parser(name: str, description: str, config: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"kdlab protocol {name}", description=description)
+def protocol_parser(
+    sub: argparse._SubParsersAction, name: str, doc: str, config: str
+) -> argparse.ArgumentParser:
+    """The protocol's ``kdlab protocol NAME`` parser with the shared options."""
+    p = sub.add_parser(
+        name,
+        help=doc.strip().splitlines()[0].split(": ", 1)[-1].replace("%", "%%"),
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", default=config, help=f"the recipe (default: {config})")
     p.add_argument("overrides", nargs="*", help="dotted overrides of the recipe, key=value")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="run seeds")
@@ -20,6 +28,29 @@ def parser(name: str, description: str, config: str) -> argparse.ArgumentParser:
     p.add_argument("--out", help=f"output folder (default: reports/protocols/{name})")
     p.add_argument("--progress", action="store_true", help="show per-run progress bars")
     return p
+
+
+def standalone(add: Any, name: str, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv`` with a protocol's ``add_parser`` outside the ``kdlab`` CLI."""
+    root = argparse.ArgumentParser(prog="kdlab protocol")
+    add(root.add_subparsers(dest="protocol"))
+    return root.parse_args([name, *(argv or [])])
+
+
+def command(name: str, args: argparse.Namespace, extra: Sequence[str] = ()) -> str:
+    """The ``kdlab protocol`` command line that reproduces this run."""
+    parts = ["kdlab protocol", name, "--seeds", *map(str, args.seeds)]
+    if args.epochs is not None:
+        parts += ["--epochs", str(args.epochs)]
+    for key in extra:
+        value = getattr(args, key.replace("-", "_"), None)
+        if value is not None:
+            vals = value if isinstance(value, list) else [value]
+            parts += [f"--{key}", *map(str, vals)]
+    if args.out:
+        parts += ["--out", args.out]
+    parts += [f"'{o}'" if " " in o else o for o in args.overrides]
+    return " ".join(parts)
 
 
 def out_dir(args: argparse.Namespace, name: str) -> Path:

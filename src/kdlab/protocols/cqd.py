@@ -14,11 +14,13 @@ Rows also show the clean teacher evaluated on the degraded test split.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kdlab.errors import ConfigError
 from kdlab.protocols import _common
 from kdlab.report import fmt_mean_std
 
@@ -35,13 +37,8 @@ DEGRADATIONS: dict[str, tuple[str, dict[str, Any]]] = {
 DEFAULT = ["lowres4", "blur1", "noise1"]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from kdlab.config import load_config  # noqa: PLC0415
-    from kdlab.data import DataBundle, TensorSplit, build_dataset  # noqa: PLC0415
-    from kdlab.degrade import degrade_tensor  # noqa: PLC0415
-    from kdlab.engine import evaluate, load_model, train  # noqa: PLC0415
-
-    p = _common.parser("cqd", __doc__.splitlines()[0], CONFIG)
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = _common.protocol_parser(sub, "cqd", __doc__, CONFIG)
     p.add_argument(
         "--degradations",
         nargs="+",
@@ -49,14 +46,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="which rows: " + ", ".join(f"{k} ({v[0]})" for k, v in DEGRADATIONS.items()),
     )
     p.add_argument("--teacher-epochs", type=int, help="epochs of the clean teacher")
-    args = p.parse_args(argv)
+    p.set_defaults(func=run)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the protocol from an argument list (as ``kdlab protocol cqd ...``)."""
+    return run(_common.standalone(add_parser, "cqd", argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    from kdlab.config import load_config  # noqa: PLC0415
+    from kdlab.data import DataBundle, TensorSplit, build_dataset  # noqa: PLC0415
+    from kdlab.degrade import degrade_tensor  # noqa: PLC0415
+    from kdlab.engine import evaluate, load_model, train  # noqa: PLC0415
+
     unknown = [d for d in args.degradations if d not in DEGRADATIONS]
     if unknown:
-        p.error(f"unknown degradation(s) {unknown}; valid: {list(DEGRADATIONS)}")
+        raise ConfigError(f"unknown degradation(s) {unknown}; valid: {list(DEGRADATIONS)}")
     out = _common.out_dir(args, "cqd")
     base = load_config(args.config, _common.run_overrides(args))
     if base.teacher is None:
-        p.error(f"{args.config} has no teacher")
+        raise ConfigError(f"{args.config} has no teacher")
     clean = build_dataset(base.data)
 
     # the clean teacher, trained once
@@ -137,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ]
             )
     cqd_term = next(t for t in base.distill.terms if t["method"] == "cqd")
-    cmd = "kdlab protocol cqd " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = _common.command("cqd", args, ['degradations', 'teacher-epochs'])
     _common.save_table(
         out,
         f"Cross quality distillation on digits ({len(args.seeds)} seeds)",
@@ -153,6 +163,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "val and test splits degraded once with a fixed seed; selection on degraded val; "
             "paired gain: per-seed difference of best-val test accuracy to labels only",
         ],
-        command=cmd.strip(),
+        command=cmd,
     )
     return 0

@@ -14,6 +14,7 @@ runs its own short loop on the same pieces (Distiller, optimiser, schedule, load
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -27,6 +28,7 @@ from torch import nn
 
 from kdlab.config import RunConfig
 from kdlab.data import DataBundle, TensorSplit
+from kdlab.errors import ConfigError
 from kdlab.protocols import _common
 from kdlab.report import fmt_mean_std
 
@@ -141,20 +143,28 @@ ARMS: dict[str, list[dict[str, Any]] | None] = {
 }
 
 
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = _common.protocol_parser(sub, "metric", __doc__, CONFIG)
+    p.add_argument("--teacher-epochs", type=int, help="epochs of the teacher")
+    p.set_defaults(func=run)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the protocol from an argument list (as ``kdlab protocol metric ...``)."""
+    return run(_common.standalone(add_parser, "metric", argv))
+
+
+def run(args: argparse.Namespace) -> int:
     from kdlab.config import load_config  # noqa: PLC0415
     from kdlab.data import build_dataset  # noqa: PLC0415
 
-    p = _common.parser("metric", __doc__.splitlines()[0], CONFIG)
-    p.add_argument("--teacher-epochs", type=int, help="epochs of the teacher")
-    args = p.parse_args(argv)
     out = _common.out_dir(args, "metric")
     base = load_config(args.config, _common.run_overrides(args))
     if base.teacher is None:
-        p.error(f"{args.config} has no teacher")
+        raise ConfigError(f"{args.config} has no teacher")
     dr = next((t for t in base.distill.terms if t["method"] == "darkrank"), None)
     if dr is None:
-        p.error(f"{args.config} has no darkrank term")
+        raise ConfigError(f"{args.config} has no darkrank term")
     metric_terms = [t for t in base.distill.terms if t["method"] != "darkrank"]
     data = build_dataset(base.data)
 
@@ -205,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "-" if extra is None else _common.paired_gain(r1, base_acc),
             ]
         )
-    cmd = "kdlab protocol metric " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = _common.command("metric", args, ['teacher-epochs'])
     classes = base.data.options.get("train_classes", [0, 1, 2, 3, 4])
     _common.save_table(
         out,
@@ -223,6 +233,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "selection: best Recall@1 on held-out samples of the training classes; paired "
             "gain: per-seed difference of Recall@1 to the triplet-only student",
         ],
-        command=cmd.strip(),
+        command=cmd,
     )
     return 0

@@ -11,6 +11,7 @@ on the (fully labelled, small) validation split and of the last epoch:
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 
@@ -20,15 +21,23 @@ from kdlab.report import fmt_mean_std
 CONFIG = "configs/digits/data_distillation.yaml"
 
 
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = _common.protocol_parser(sub, "omni", __doc__, CONFIG)
+    p.add_argument("--threshold", type=float, help="override the confidence threshold")
+    p.set_defaults(func=run)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the protocol from an argument list (as ``kdlab protocol omni ...``)."""
+    return run(_common.standalone(add_parser, "omni", argv))
+
+
+def run(args: argparse.Namespace) -> int:
     from kdlab.pipelines.data_distillation import (  # noqa: PLC0415
         load_pipeline_config,
         run_data_distillation,
     )
 
-    p = _common.parser("omni", __doc__.splitlines()[0], CONFIG)
-    p.add_argument("--threshold", type=float, help="override the confidence threshold")
-    args = p.parse_args(argv)
     out = _common.out_dir(args, "omni")
     overrides = _common.run_overrides(args, prefix="run.")
     if args.epochs is not None:  # --epochs sets both trainings
@@ -78,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 fmt_mean_std(pseudo) if pseudo else "-",
             ]
         )
-    cmd = "kdlab protocol omni " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = _common.command("omni", args, ['threshold'])
     _common.save_table(
         out,
         f"Data distillation on digits, {cfg.labelled_fraction:.0%} labelled "
@@ -98,6 +107,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "paired gain: per-seed difference of best-val test accuracy to supervised only",
             "pseudo-label accuracy is measured against the hidden labels of the kept samples",
         ],
-        command=cmd.strip(),
+        command=cmd,
     )
     return 0
