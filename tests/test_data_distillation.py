@@ -97,12 +97,15 @@ def test_pipeline_and_omni_protocol_end_to_end(tmp_path) -> None:  # noqa: ANN00
 
     cfg = dd.load_pipeline_config(
         "configs/digits/data_distillation.yaml",
-        ["run.train.epochs=1", "supervised_epochs=1", "run.train.progress=false",
-         "run.student.name=cnn_tiny", "threshold=0.5"],
+        ["run.train.epochs=1", "supervised_epochs=2", "run.train.progress=false",
+         "run.student.name=cnn_tiny", "threshold=1.0"],
     )
     res = dd.run_data_distillation(cfg, tmp_path / "p", seed=0)
     assert res.n_labelled + res.n_unlabelled > 1000
-    assert 0 <= res.n_pseudo <= res.n_unlabelled
+    assert 0 <= res.n_pseudo < 32  # after 2 epochs hardly any prediction is certain
+    # match_steps: the retraining gets the labelled-only run's 2 x 4 steps (batch 32)
+    assert len(res.supervised.history) == 2
+    assert len(res.distilled.history) == -(-8 // ((res.n_labelled + res.n_pseudo) // 32))
     assert (tmp_path / "p" / "supervised" / "results.json").is_file()
     assert (tmp_path / "p" / "distilled" / "results.json").is_file()
 

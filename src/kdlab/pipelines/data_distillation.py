@@ -12,7 +12,9 @@ learning from labelled plus unlabelled data with a single model.
 
 For classification the transforms need no inversion (a class is invariant to a shift),
 unlike the paper's keypoint heat-maps. The paper also fixes the share of labelled
-images per mini-batch; here the two sets are simply pooled and shuffled. The labelled
+images per mini-batch; here the two sets are simply pooled and shuffled, and the
+retraining gets at least as many optimiser steps as the labelled-only run
+(``match_steps``), so a small pseudo-labelled set is not also an under-trained one. The labelled
 split is a stratified ``labelled_fraction`` of the training split, fixed by
 ``data.split_seed`` (the run seed only changes initialisation and batch order).
 """
@@ -20,6 +22,7 @@ split is a stratified ``labelled_fraction`` of the training split, fixed by
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +160,11 @@ class DataDistillationConfig(Strict):
     supervised_epochs: int | None = Field(
         None, ge=1, description="epochs of the labelled-only run (default: run.train.epochs)"
     )
+    match_steps: bool = Field(
+        True,
+        description="give the retraining at least as many optimiser steps as the "
+        "labelled-only run (raises its epochs when the pseudo-labelled set is small)",
+    )
     model: ModelConfig | None = Field(
         None, description="the model trained on labelled data (default: the run's student)"
     )
@@ -249,6 +257,10 @@ def run_data_distillation(
     second.distill.stages = []
     second.name = f"{run.name}-distilled"
     merged = TensorSplit(torch.cat([labelled.x, pseudo.x]), torch.cat([labelled.y, pseudo.y]))
+    if cfg.match_steps:
+        steps_first = first.train.epochs * _batches(len(labelled), first.data.batch_size)
+        per_epoch = _batches(len(merged), second.data.batch_size)
+        second.train.epochs = max(second.train.epochs, math.ceil(steps_first / per_epoch))
     distilled = train(
         second, run_dir=out_dir / "distilled", bundle=_with_train(data, merged), progress=progress
     )
@@ -260,6 +272,11 @@ def run_data_distillation(
         n_pseudo=int(len(kept)),
         pseudo_acc=pseudo_acc,
     )
+
+
+def _batches(n: int, batch_size: int) -> int:
+    """Batches per epoch of a training loader (the last partial one is dropped)."""
+    return max(n // batch_size, 1) if n > batch_size else 1
 
 
 def _with_train(bundle: DataBundle, train_split: TensorSplit) -> DataBundle:

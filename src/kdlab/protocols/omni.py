@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         rows.append(
             [
                 arm,
-                rs[0]["n_train"],
+                round(sum(r["n_train"] for r in rs) / len(rs)),
                 fmt_mean_std(r["test_acc_best"] for r in rs),
                 fmt_mean_std(r["test_acc_last"] for r in rs),
                 gain,
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         out,
         f"Data distillation on digits, {cfg.labelled_fraction:.0%} labelled "
         f"({len(args.seeds)} seeds)",
-        ["arm", "train samples", "test acc, best val (%)", "test acc, last (%)",
+        ["arm", "train samples (mean)", "test acc, best val (%)", "test acc, last (%)",
          "paired gain (points)", "pseudo-label acc (%)"],
         rows,
         records,
