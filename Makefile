@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/kdlab demo
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests $(wildcard benchmarks)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -79,13 +79,25 @@ def _write_py2_batch(path: Path, data: np.ndarray, labels: list[int]) -> None:
     opcode: str keys, ``numpy.core.multiarray._reconstruct``, the pixels as a py2 str."""
     shape = b"".join(b"J" + struct.pack("<i", d) for d in data.shape)
     dtype = (
-        b"cnumpy\ndtype\n" + _py2_str(b"u1") + b"K\x00K\x01\x87R"
-        + b"(K\x03" + _py2_str(b"|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+        b"cnumpy\ndtype\n"
+        + _py2_str(b"u1")
+        + b"K\x00K\x01\x87R"
+        + b"(K\x03"
+        + _py2_str(b"|")
+        + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
     )
     array = (
         b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
-        + b"K\x00\x85" + _py2_str(b"b") + b"\x87R"
-        + b"(K\x01(" + shape + b"t" + dtype + b"\x89" + _py2_str(data.tobytes()) + b"tb"
+        + b"K\x00\x85"
+        + _py2_str(b"b")
+        + b"\x87R"
+        + b"(K\x01("
+        + shape
+        + b"t"
+        + dtype
+        + b"\x89"
+        + _py2_str(data.tobytes())
+        + b"tb"
     )
     ints = b"".join(b"K" + bytes([v]) for v in labels)
     body = _py2_str(b"data") + array + _py2_str(b"labels") + b"](" + ints + b"e"
@@ -246,10 +258,19 @@ def test_npz_features_carved_test_split_and_num_classes_option(tmp_path: Path) -
         ({"x": np.zeros((4, 3)), "y": np.array([0, 1])}, "4 inputs but 2 labels"),
         ({"x": np.zeros((4,)), "y": np.zeros(4, int)}, r"\(N, H, W\).*got \(4,\)"),
         ({"y": np.zeros(4, int)}, "no array 'x'"),
-        ({"x": np.zeros((2, 3)), "y": np.array([0, 1]), "x_test": np.zeros((1, 3))},
-         "x_test and y_test must be given together"),
-        ({"x": np.zeros((2, 3)), "y": np.array([0, 1]), "x_test": np.zeros((1, 3)),
-          "y_test": np.array([5])}, None),
+        (
+            {"x": np.zeros((2, 3)), "y": np.array([0, 1]), "x_test": np.zeros((1, 3))},
+            "x_test and y_test must be given together",
+        ),
+        (
+            {
+                "x": np.zeros((2, 3)),
+                "y": np.array([0, 1]),
+                "x_test": np.zeros((1, 3)),
+                "y_test": np.array([5]),
+            },
+            None,
+        ),
     ],
 )
 def test_npz_bad_contents_raise_data_error(
@@ -290,8 +311,13 @@ def test_image_folder_with_explicit_splits_and_carved_ones(tmp_path: Path) -> No
             d.mkdir(parents=True)
             for i in range(n):
                 image.new("RGB", (10, 12), rgb).save(d / f"{i}.png")
-    cfg = _cfg(name="image_folder", root=str(tmp_path), normalize=False,
-               val_fraction=0.5, options={"image_size": [8, 4]})
+    cfg = _cfg(
+        name="image_folder",
+        root=str(tmp_path),
+        normalize=False,
+        val_fraction=0.5,
+        options={"image_size": [8, 4]},
+    )
     b = build_dataset(cfg)
     assert b.num_classes == 2 and b.extra["classes"] == ["blue", "red"]
     assert b.val is not None and len(b.train) == 6 and len(b.val) == 6 and len(b.test) == 4
@@ -353,8 +379,9 @@ def test_loader_shards_are_disjoint_and_cover_the_data() -> None:
     assert set(shards[0]) | set(shards[1]) == set(range(n))
     # Disjoint except the single index repeated to pad 21 up to 22.
     assert len(set(shards[0]) & set(shards[1])) <= 1
-    even = [_order(TensorLoader(_split(20), 4, True, seed=5, rank=r, world_size=2), 2)
-            for r in range(2)]
+    even = [
+        _order(TensorLoader(_split(20), 4, True, seed=5, rank=r, world_size=2), 2) for r in range(2)
+    ]
     assert not set(even[0]) & set(even[1]) and len(even[0] + even[1]) == 20
 
 

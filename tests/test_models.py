@@ -44,8 +44,15 @@ ZOO = sorted(REFERENCE_PARAMS_100)
 # Models that need kwargs to take a 3x32x32 input.
 KWARGS_32 = {"mlp": {"image_size": 32}}
 # The zoo models small enough to also check quickly on 1x8x8 inputs (digits).
-SMALL_ZOO = ["resnet8", "resnet8x4", "wrn_16_1", "vgg8", "mobilenetv2", "shufflenetv1",
-             "shufflenetv2"]
+SMALL_ZOO = [
+    "resnet8",
+    "resnet8x4",
+    "wrn_16_1",
+    "vgg8",
+    "mobilenetv2",
+    "shufflenetv1",
+    "shufflenetv2",
+]
 
 
 def _forward_backward(model: nn.Module, x: torch.Tensor, num_classes: int) -> None:
@@ -109,32 +116,58 @@ def test_registry_rejects_duplicates_and_suggests_names() -> None:
 # 3x32x32 input (batch dim included): the docs are only useful if they are right.
 DOCUMENTED_TAPS = {
     "resnet56": {
-        "relu": (16, 32, 32), "layer1": (16, 32, 32), "layer2": (32, 16, 16),
-        "layer3": (64, 8, 8), "layer2.8.relu:input": (32, 16, 16), "fc:input": (64,),
+        "relu": (16, 32, 32),
+        "layer1": (16, 32, 32),
+        "layer2": (32, 16, 16),
+        "layer3": (64, 8, 8),
+        "layer2.8.relu:input": (32, 16, 16),
+        "fc:input": (64,),
     },
     "wrn_40_2": {
-        "conv1": (16, 32, 32), "block1": (32, 32, 32), "block2": (64, 16, 16),
-        "block3": (128, 8, 8), "block2.layer.0.bn1": (32, 32, 32),
-        "block3.layer.0.bn1": (64, 16, 16), "bn1": (128, 8, 8), "fc:input": (128,),
+        "conv1": (16, 32, 32),
+        "block1": (32, 32, 32),
+        "block2": (64, 16, 16),
+        "block3": (128, 8, 8),
+        "block2.layer.0.bn1": (32, 32, 32),
+        "block3.layer.0.bn1": (64, 16, 16),
+        "bn1": (128, 8, 8),
+        "fc:input": (128,),
     },
     "vgg8": {
-        "relu0": (64, 32, 32), "block1": (128, 16, 16), "block2": (256, 8, 8),
-        "block3": (512, 4, 4), "block4": (512, 4, 4), "relu4": (512, 4, 4),
+        "relu0": (64, 32, 32),
+        "block1": (128, 16, 16),
+        "block2": (256, 8, 8),
+        "block3": (512, 4, 4),
+        "block4": (512, 4, 4),
+        "relu4": (512, 4, 4),
         "classifier:input": (512,),
     },
     "mobilenetv2": {
-        "conv1": (16, 16, 16), "blocks.1": (12, 16, 16), "blocks.2": (16, 8, 8),
-        "blocks.4": (48, 4, 4), "blocks.6": (160, 2, 2), "blocks.1.1.conv.7": (12, 16, 16),
-        "conv2": (1280, 2, 2), "classifier:input": (1280,),
+        "conv1": (16, 16, 16),
+        "blocks.1": (12, 16, 16),
+        "blocks.2": (16, 8, 8),
+        "blocks.4": (48, 4, 4),
+        "blocks.6": (160, 2, 2),
+        "blocks.1.1.conv.7": (12, 16, 16),
+        "conv2": (1280, 2, 2),
+        "classifier:input": (1280,),
     },
     "shufflenetv1": {
-        "relu": (24, 32, 32), "layer1": (240, 16, 16), "layer2": (480, 8, 8),
-        "layer3": (960, 4, 4), "layer1.3.relu:input": (240, 16, 16),
-        "layer2.7.relu:input": (480, 8, 8), "linear:input": (960,),
+        "relu": (24, 32, 32),
+        "layer1": (240, 16, 16),
+        "layer2": (480, 8, 8),
+        "layer3": (960, 4, 4),
+        "layer1.3.relu:input": (240, 16, 16),
+        "layer2.7.relu:input": (480, 8, 8),
+        "linear:input": (960,),
     },
     "shufflenetv2": {
-        "relu": (24, 32, 32), "layer1": (116, 16, 16), "layer2": (232, 8, 8),
-        "layer3": (464, 4, 4), "layer1.3.bn3": (58, 16, 16), "relu2": (1024, 4, 4),
+        "relu": (24, 32, 32),
+        "layer1": (116, 16, 16),
+        "layer2": (232, 8, 8),
+        "layer3": (464, 4, 4),
+        "layer1.3.bn3": (58, 16, 16),
+        "relu2": (1024, 4, 4),
         "linear:input": (1024,),
     },
 }

@@ -89,6 +89,9 @@ class TrainConfig(Strict):
     checkpoint_every: int | None = Field(
         None, ge=1, description="also checkpoint every N iterations (always at epoch end)"
     )
+    pre_stage_epochs: int | None = Field(
+        None, ge=0, description="override every pre-stage's epochs (0 drops them; quick checks)"
+    )
     progress: bool = True
 
 

@@ -170,11 +170,14 @@ class Distiller(nn.Module):
 
         out: dict[str, Tensor] = {}
         for term, mode, weight in plan:
+            t_pass = teacher_passes.get(term.params.teacher_view) if term.needs_teacher else None
+            if t_pass is not None and t_pass.input.requires_grad and not term.teacher_input_grad:
+                # The teacher ran with a graph for a Jacobian term; other terms must see it
+                # as a constant, or the total's backward would run through the teacher.
+                t_pass = _detached(t_pass)
             ctx = StepContext(
                 student=student_passes[term.params.student_view],
-                teacher=teacher_passes.get(term.params.teacher_view)
-                if term.needs_teacher
-                else None,
+                teacher=t_pass,
                 targets=targets,
                 indices=indices,
                 epoch=epoch,
@@ -234,6 +237,14 @@ class Distiller(nn.Module):
             logits=logits.clone(),
             features={k: v.clone() for k, v in feats.items()},
         )
+
+
+def _detached(p: Pass) -> Pass:
+    return Pass(
+        input=p.input.detach(),
+        logits=p.logits.detach(),
+        features={k: v.detach() for k, v in p.features.items()},
+    )
 
 
 def _eval_forward(model: nn.Module, x: Tensor) -> Any:

@@ -113,7 +113,8 @@ class FeatureTaps:
     def _store(self, tap: Tap, value: Any) -> None:
         t = _first_tensor(value)
         self.features[tap] = t
-        self._versions[tap] = t._version
+        # Inference tensors (the teacher under inference_mode) keep no version counter.
+        self._versions[tap] = -1 if t.is_inference() else t._version
 
     def _make_output_hook(self, tap: Tap):  # noqa: ANN202
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
@@ -139,7 +140,7 @@ class FeatureTaps:
                 "in this forward pass"
             )
         t = self.features[tap]
-        if t._version != self._versions[tap]:
+        if self._versions[tap] >= 0 and t._version != self._versions[tap]:
             raise TapError(
                 f"{self.role} tap {str(tap)!r} was modified in place after capture "
                 "(an inplace op such as ReLU(inplace=True) follows it); tap the next "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -161,7 +162,7 @@ class Trainer:
         )
         state = self._resume_state() if resume else None
         if not resume:
-            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            clear_run_artifacts(self.run_dir)
         else:
             self.history = _read_jsonl(self.run_dir / "metrics.jsonl")
         first = state["stage_index"] if state else 0
@@ -380,6 +381,27 @@ class Trainer:
             self.run_dir / "results.json", json.dumps(result.to_json(), indent=2)
         )
         return result
+
+
+RUN_ARTIFACTS = (
+    "checkpoints",
+    "metrics.jsonl",
+    "best.safetensors",
+    "last.safetensors",
+    WEIGHTS,
+    "results.json",
+)
+
+
+def clear_run_artifacts(run_dir: Path) -> None:
+    """Remove what an earlier run left in ``run_dir``, so a fresh run never mixes in
+    its checkpoints or best weights."""
+    for name in RUN_ARTIFACTS:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _append_jsonl(path: Path, row: dict[str, Any]) -> None:

@@ -42,17 +42,18 @@ def resolve_stages(cfg: RunConfig, distiller: Distiller) -> list[Stage]:
     names = [s.name for s in pre]
     if MAIN in names or len(set(names)) != len(names):
         raise ConfigError(f"stage names must be unique and not {MAIN!r}: {names}")
+    cap = cfg.train.pre_stage_epochs
     stages = [
         Stage(
             name=s.name,
-            epochs=s.epochs,
+            epochs=s.epochs if cap is None else cap,
             losses=dict(s.losses),
             train=list(s.train),
             optimizer=s.optimizer or cfg.train.optimizer,
             schedule=s.schedule,
         )
         for s in pre
-        if s.epochs > 0
+        if (s.epochs if cap is None else cap) > 0
     ]
     frozen = [
         f"terms.{name}.{sub}"

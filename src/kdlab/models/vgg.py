@@ -60,9 +60,7 @@ def _group(cin: int, cout: int, n: int) -> nn.Sequential:
 class CifarVGG(nn.Module):
     """``block0..4`` with ``relu0..4`` and ``pool0..4``, then ``classifier``."""
 
-    def __init__(
-        self, convs: Sequence[int], num_classes: int, in_channels: int = 3
-    ) -> None:
+    def __init__(self, convs: Sequence[int], num_classes: int, in_channels: int = 3) -> None:
         super().__init__()
         cin = in_channels
         for i, (w, n) in enumerate(zip(_WIDTHS, convs, strict=True)):

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kdlab.config import RunConfig, apply_overrides, load_config, read_yaml
+from kdlab.errors import ConfigError, RegistryError
+from kdlab.registry import Registry
+
+ROOT = Path(__file__).resolve().parents[1]
+MINIMAL = {"student": {"name": "cnn_small"}}
+
+
+def test_registry_duplicate_and_did_you_mean() -> None:
+    reg: Registry[int] = Registry("thing")
+    reg.add("alpha", 1)
+    with pytest.raises(RegistryError, match="already registered"):
+        reg.add("alpha", 2)
+    with pytest.raises(RegistryError, match="did you mean 'alpha'"):
+        reg.get("alpah")
+    assert reg.names() == ["alpha"] and "alpha" in reg and len(reg) == 1
+
+
+def test_unknown_nested_key_did_you_mean() -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.optimizer\.lrr'.*'lr'"):
+        load_config({**MINIMAL, "train": {"optimizer": {"lrr": 0.1}}})
+    with pytest.raises(ConfigError, match=r"unknown key 'trian'.*'train'"):
+        load_config({**MINIMAL, "trian": {}})
+
+
+def test_wrong_type_and_range_name_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"'train\.epochs'"):
+        load_config({**MINIMAL, "train": {"epochs": "many"}})
+    with pytest.raises(ConfigError, match=r"'train\.optimizer\.lr'.*greater than 0"):
+        load_config({**MINIMAL, "train": {"optimizer": {"lr": -1}}})
+    with pytest.raises(ConfigError, match=r"'student'"):
+        load_config({})
+
+
+def test_overrides() -> None:
+    data = {**MINIMAL, "distill": {"terms": [{"method": "ce"}, {"method": "kd", "T": 4}]}}
+    out = apply_overrides(data, ["train.epochs=3", "distill.terms.1.T=2.5", "name=x"])
+    assert out["train"]["epochs"] == 3 and out["distill"]["terms"][1]["T"] == 2.5
+    assert data["distill"]["terms"][1]["T"] == 4  # input untouched
+    cfg = load_config(data, ["train.optimizer.name=adamw"])
+    assert isinstance(cfg, RunConfig) and cfg.train.optimizer.name == "adamw"
+    with pytest.raises(ConfigError, match="not an index"):
+        apply_overrides(data, ["distill.terms.5.T=1"])
+    with pytest.raises(ConfigError, match="key.path=value"):
+        apply_overrides(data, ["train.epochs"])
+
+
+def test_yaml_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_yaml(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml.*not valid YAML"):
+        read_yaml(bad)
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("!!python/object/apply:os.system ['true']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        read_yaml(evil)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=str)
+def test_every_shipped_recipe_validates(path: Path) -> None:
+    data = read_yaml(path)
+    if "student" in data:  # protocol / space files are other formats
+        cfg = load_config(path)
+        from kdlab.methods import build_terms  # noqa: PLC0415
+
+        build_terms(cfg.distill.terms)
