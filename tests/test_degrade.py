@@ -183,7 +183,7 @@ def test_cqd_protocol_runs_and_saves_its_table(tmp_path) -> None:  # noqa: ANN00
 
     code = main(["protocol", "cqd", "--seeds", "0", "--epochs", "1", "--degradations",
                  "lowres4", "--out", str(tmp_path), "student.name=cnn_tiny",
-                 "teacher.name=cnn_tiny"])
+                 "teacher.name=cnn_tiny", "data.per_class=20"])
     assert code == 0
     table = (tmp_path / "table.md").read_text()
     for row in ("clean teacher (reference)", "| labels only", "| CQD"):
