@@ -57,13 +57,18 @@ class DarkRank(Term):
       ranking (ListMLE), linear in the list length; ``list_length: null`` ranks the
       whole batch as the paper's eq. 1 writes it.
 
-    Defaults: ``alpha = beta = 3`` (the paper's choice, also in public implementations);
-    weight 1 beside the student's own metric loss (``triplet``). Embeddings are
-    L2-normalised first (``normalize``), as the public implementations do, which keeps
-    ``d^3`` in ``[0, 8]``. Public code differs from the paper: RKD's ``HardDarkRank``
-    (lenscloth/RKD) ranks only the 4 teacher-nearest neighbours and normalises within
-    them (kdlab's default ``list_length: 4``), and ships no soft transfer; torchdistill,
-    RepDistiller and mdistiller have no DarkRank.
+    Defaults: ``alpha = beta = 3``, the values public implementations use (RKD's
+    ``HardDarkRank``, lenscloth/RKD; an MXNet ``DarkRankLoss``); the paper's text could
+    not be checked here, so treat them as the community's reading of it. Weight 1 beside
+    the student's own metric loss (``triplet``). Embeddings are L2-normalised first
+    (``normalize``), as those implementations do, which keeps ``d^3`` in ``[0, 8]``; with
+    close neighbours the teacher's list scores are then nearly equal, so the soft KL is
+    small (about 0.01 on digits) and pulls little, while the hard loss stays near
+    ``log(L!)``. Public code differs from the paper's eq. 1: RKD ranks only the 4
+    teacher-nearest neighbours and normalises within them (kdlab's default
+    ``list_length: 4``) and ships no soft transfer; the MXNet code enumerates the
+    ``4! = 24`` permutations for the soft one, as kdlab's ``soft_mode: exact`` does.
+    torchdistill, RepDistiller and mdistiller have no DarkRank.
 
     The embedding is the model's output unless a tap is given (e.g. ``fc:input`` of a
     classifier). Teacher and student dimensions may differ: only distances are compared.
