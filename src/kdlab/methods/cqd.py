@@ -25,10 +25,10 @@ class CrossQualityDistillation(Term):
         sum_i  CE(y_i, softmax(f(g(x_i))))  +  lambda * CE(softmax(p(x_i)/T), softmax(f(g(x_i))/T))
 
     This term is the second half (:func:`kdlab.functional.cqd.soft_cross_entropy`); the
-    first is a ``ce`` term whose ``student_view`` is the same degraded view. The paper
-    selects ``T`` and ``lambda`` on held-out data per task rather than fixing them, so the
-    defaults here (``T = 4``, weight 1 beside ``ce`` at 1) are kdlab's starting point,
-    to be tuned. Unlike Hinton's KD (and the ``kd`` term) the paper's form has no ``T^2``
+    first is a ``ce`` term whose ``student_view`` is the same degraded view. The paper's
+    values of ``T`` and ``lambda`` could not be confirmed here, so the defaults (``T = 4``,
+    weight 1 beside ``ce`` at 1) are kdlab's starting point, to be tuned on the degraded
+    validation split. Unlike Hinton's KD (and the ``kd`` term) the paper's form has no ``T^2``
     factor and is a cross-entropy, not a KL divergence (same gradient). Other toolkits
     (RepDistiller, torchdistill, mdistiller) have no CQD; torchdistill can emulate it
     only by running ``kd`` with a different input pipeline per model.
