@@ -14,8 +14,8 @@ def soft_cross_entropy(
     ``mean_n  -sum_k softmax(z_t(n)/T)_k * log softmax(z_s(n)/T)_k``
 
     with ``z_t`` the teacher's logits on the clean input ``x`` and ``z_s`` the student's
-    on the degraded ``g(x)``. The paper writes the cross-entropy (not the KL, which is
-    smaller by the teacher's entropy: same gradient) and no ``T^2`` factor.
+    on the degraded ``g(x)``. A cross-entropy, not a KL divergence (which is smaller by
+    the teacher's entropy: same gradient), with no ``T^2`` factor.
     """
     t = temperature
     p_t = F.softmax(teacher_logits / t, dim=1)

@@ -28,8 +28,9 @@ class CrossQualityDistillation(Term):
     first is a ``ce`` term whose ``student_view`` is the same degraded view. The paper's
     values of ``T`` and ``lambda`` could not be confirmed here, so the defaults (``T = 4``,
     weight 1 beside ``ce`` at 1) are kdlab's starting point, to be tuned on the degraded
-    validation split. Unlike Hinton's KD (and the ``kd`` term) the paper's form has no ``T^2``
-    factor and is a cross-entropy, not a KL divergence (same gradient). Other toolkits
+    validation split. The objective as written above is a cross-entropy (the KL of the
+    ``kd`` term plus the teacher's entropy: same gradient) with no ``T^2`` factor; a
+    weight of ``T^2`` gives Hinton's gradient scale. Other toolkits
     (RepDistiller, torchdistill, mdistiller) have no CQD; torchdistill can emulate it
     only by running ``kd`` with a different input pipeline per model.
     """
