@@ -192,7 +192,8 @@ def test_metric_protocol_runs_and_saves_its_table(tmp_path) -> None:  # noqa: AN
 
     from kdlab.cli import main
 
-    code = main(["protocol", "metric", "--seeds", "0", "--epochs", "1", "--out", str(tmp_path)])
+    code = main(["protocol", "metric", "--seeds", "0", "--epochs", "1", "--out", str(tmp_path),
+                 "data.per_class=20"])
     assert code == 0
     table = (tmp_path / "table.md").read_text()
     assert "triplet + DarkRank soft" in table and "Recall@1" in table
