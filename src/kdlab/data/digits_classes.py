@@ -20,6 +20,7 @@ from kdlab.errors import ConfigError
 
 @DATASETS.register("digits_classes")
 def digits_classes(cfg: DataConfig) -> DataBundle:
+    """Digits, train/val on ``options.train_classes`` (default 0-4), test on the rest."""
     from sklearn.datasets import load_digits  # noqa: PLC0415 - heavy import
 
     unknown = set(cfg.options) - {"train_classes"}
