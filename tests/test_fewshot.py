@@ -49,8 +49,13 @@ def test_method_recipes() -> None:
 
 def test_tiny_protocol_end_to_end_and_reuse(tmp_path: Path) -> None:
     s = FewShotSettings(
-        shots=(1,), seeds=(0,), epochs=1, teacher_epochs=1, epoch_samples=64,
-        out=str(tmp_path / "fs"), device="cpu",
+        shots=(1,),
+        seeds=(0,),
+        epochs=1,
+        teacher_epochs=1,
+        epoch_samples=64,
+        out=str(tmp_path / "fs"),
+        device="cpu",
     )
     logs: list[str] = []
     res = run_fewshot(s, log=logs.append)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from kdlab.config import load_config, read_yaml
+from kdlab.demo import CROSS_STUDENT, CROSS_TAP_MAP, remap_student_taps
 from kdlab.engine import train
 from kdlab.methods import METHODS
 
@@ -21,9 +22,10 @@ RECIPES = ROOT / "configs" / "digits"
 TEST_ONLY = {m for m in METHODS.names() if m.startswith("_")}
 
 
+@pytest.mark.parametrize("pair", ["same-family", "cross-architecture"])
 @pytest.mark.parametrize("method", [m for m in METHODS.names() if m not in TEST_ONLY])
 def test_method_trains_two_steps_from_its_recipe(
-    method: str, tmp_path: Path, digits_teacher: Path
+    method: str, pair: str, tmp_path: Path, digits_teacher: Path
 ) -> None:
     path = RECIPES / ("vanilla.yaml" if method == "ce" else f"{method}.yaml")
     assert path.is_file(), f"method {method!r} has no recipe {path}"
@@ -39,7 +41,10 @@ def test_method_trains_two_steps_from_its_recipe(
     ]
     if "teacher" in data:
         overrides.append(f"teacher.checkpoint={digits_teacher}")
-    cfg = load_config(path, overrides)
+    if pair == "cross-architecture":  # cnn_medium -> resnet8, the recipe's taps remapped
+        data["student"] = {"name": CROSS_STUDENT}
+        data["distill"] = remap_student_taps(data["distill"], CROSS_TAP_MAP)
+    cfg = load_config(data, overrides)
     result = train(cfg)
     rows = [
         json.loads(r) for r in (Path(result.run_dir) / "metrics.jsonl").read_text().splitlines()

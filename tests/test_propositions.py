@@ -122,7 +122,11 @@ def test_control_variate_is_unbiased() -> None:
 
 def test_corrected_cross_entropy_forms_beat_the_notes() -> None:
     rep = run_propositions(
-        samples=300, seed=0, sigmas=(0.1, 0.05, 0.025), points=2, claims=(2, 4),
+        samples=300,
+        seed=0,
+        sigmas=(0.1, 0.05, 0.025),
+        points=2,
+        claims=(2, 4),
         cases=("softmax(affine)", "softmax(relu)"),
     )
     assert len(rep.rows) == 2 * 2 * 3
@@ -138,15 +142,28 @@ def test_corrected_cross_entropy_forms_beat_the_notes() -> None:
 
 
 def test_verdicts_for_the_squared_error_claims() -> None:
-    rep = run_propositions(samples=300, seed=0, sigmas=(0.05, 0.025, 0.0125), points=2,
-                           claims=(1, 3))
+    rep = run_propositions(
+        samples=300, seed=0, sigmas=(0.05, 0.025, 0.0125), points=2, claims=(1, 3)
+    )
     assert [v.verdict for v in rep.verdicts] == ["holds only for locally affine nets"] * 2
 
 
 def test_cli_writes_report_csv_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "verify"
-    rc = main(["verify", "propositions", "--out", str(out), "--samples", "100",
-               "--points", "1", "--sigmas", "0.05,0.025"])
+    rc = main(
+        [
+            "verify",
+            "propositions",
+            "--out",
+            str(out),
+            "--samples",
+            "100",
+            "--points",
+            "1",
+            "--sigmas",
+            "0.05,0.025",
+        ]
+    )
     assert rc == 0
     for name in ("report.md", "propositions.csv", "propositions.png"):
         assert (out / name).stat().st_size > 0

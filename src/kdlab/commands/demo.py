@@ -12,13 +12,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=None, help="student epochs (default 20)")
     p.add_argument("--teacher-epochs", type=int, default=None, help="default 30")
     p.add_argument("--out", default="runs/demo")
+    p.add_argument(
+        "--cross",
+        action="store_true",
+        help="cross-architecture pair: cnn_medium -> resnet8 (recipes' taps remapped)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from kdlab.demo import run_demo  # noqa: PLC0415
+    from kdlab.demo import CROSS_STUDENT, CROSS_TAP_MAP, STUDENT, run_demo  # noqa: PLC0415
 
-    table, _, _ = run_demo(args.methods, args.seeds, args.out, args.epochs, args.teacher_epochs)
+    table, _, _ = run_demo(
+        args.methods,
+        args.seeds,
+        args.out,
+        args.epochs,
+        args.teacher_epochs,
+        student=CROSS_STUDENT if args.cross else STUDENT,
+        tap_map=CROSS_TAP_MAP if args.cross else None,
+    )
     print(table)
     print(f"\n(saved to {args.out}/results.md and results.csv)")
     return 0

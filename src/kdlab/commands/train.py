@@ -13,6 +13,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=5")
     p.add_argument("--run-dir", help="run folder (default: output_dir/name)")
     p.add_argument("--resume", action="store_true", help="continue from the last good checkpoint")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        metavar="N",
+        help="data-parallel over N local processes (gloo on CPU, NCCL on CUDA); "
+        "data.batch_size is the global batch. Under torchrun, leave this out",
+    )
     p.set_defaults(func=run_train)
 
     e = sub.add_parser("eval", help="evaluate a finished run's selected weights")
@@ -24,12 +32,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from kdlab.config import load_config  # noqa: PLC0415
-    from kdlab.engine import train  # noqa: PLC0415
+    from kdlab.engine import distributed  # noqa: PLC0415
+    from kdlab.errors import ConfigError  # noqa: PLC0415
 
-    cfg = load_config(args.config, args.overrides)
-    result = train(cfg, run_dir=args.run_dir, resume=args.resume)
-    print(json.dumps(result.to_json(), indent=2))
+    cfg = load_config(args.config, args.overrides)  # fail early, before any spawn
+    if args.nproc is not None and args.nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc and args.nproc > 1 and distributed.launched_by_torchrun():
+        raise ConfigError("--nproc spawns processes itself; under torchrun, leave it out")
+    distributed.launch(
+        _train_worker,
+        args.config,
+        list(args.overrides),
+        args.run_dir,
+        args.resume,
+        nproc=args.nproc,
+        device=cfg.train.device,
+    )
     return 0
+
+
+def _train_worker(
+    local_rank: int, config: str, overrides: list[str], run_dir: str | None, resume: bool
+) -> None:
+    # Module level so that spawned processes can import it.
+    from kdlab.config import load_config  # noqa: PLC0415
+    from kdlab.engine import distributed, train  # noqa: PLC0415
+
+    cfg = load_config(config, overrides)
+    result = train(cfg, run_dir=run_dir, resume=resume)
+    if distributed.is_main():
+        print(json.dumps(result.to_json(), indent=2), flush=True)
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -54,8 +54,13 @@ def run_propositions_cmd(args: argparse.Namespace) -> int:
         raise ConfigError(f"--sigmas needs at least two positive values, got {args.sigmas!r}")
     sigmas = sorted(sigmas, reverse=True)
     start = time.time()
-    common = dict(samples=args.samples, seed=args.seed, sigmas=sigmas, points=args.points,
-                  estimator=args.estimator)
+    common = dict(
+        samples=args.samples,
+        seed=args.seed,
+        sigmas=sigmas,
+        points=args.points,
+        estimator=args.estimator,
+    )
     report = run_propositions(**common)
     random_points = run_propositions(
         **common, claims=(1, 3), cases=("relu",), away_from_kinks=False

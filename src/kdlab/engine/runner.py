@@ -28,11 +28,12 @@ from kdlab.data import DataBundle, build_dataset, make_loader
 from kdlab.data.augment import augment
 from kdlab.distiller import Distiller
 from kdlab.engine import checkpoint as ckpt
+from kdlab.engine import distributed as dist
 from kdlab.engine.env import environment, resolve_device
 from kdlab.engine.evaluate import evaluate
 from kdlab.engine.optim import build_optimizer, build_scheduler
 from kdlab.engine.stages import Stage, resolve_stages, trainable_parameters
-from kdlab.errors import CheckpointError, NumericalError
+from kdlab.errors import CheckpointError, ConfigError, NumericalError
 from kdlab.methods import build_terms
 from kdlab.models import count_parameters, create_model
 from kdlab.views import build_views
@@ -94,10 +95,13 @@ def run_folder(cfg: RunConfig) -> Path:
     return Path(cfg.output_dir) / cfg.name
 
 
-def _seed_for(seed: int, stage_index: int, iteration: int) -> int:
+def _seed_for(seed: int, stage_index: int, iteration: int, rank: int = 0) -> int:
     # Every step's randomness (augmentation, views, dropout) is a function of the
-    # run seed and the step alone, so a resumed run replays it exactly.
-    return (seed * 1_000_003 + stage_index * 10_000_019 + iteration) % (2**63 - 1)
+    # run seed and the step alone, so a resumed run replays it exactly. Each rank of a
+    # distributed run draws its own (its shard must not get the same crops as rank 0's).
+    return (seed * 1_000_003 + stage_index * 10_000_019 + iteration + rank * 1_000_000_007) % (
+        2**63 - 1
+    )
 
 
 class Trainer:
@@ -109,14 +113,22 @@ class Trainer:
         run_dir: Path | None = None,
         progress: Callable[[str, int, int], None] | None = None,
         bundle: DataBundle | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.on_epoch = on_epoch  # called with each epoch's metrics row (on rank 0)
+        self.rank, self.world_size = dist.rank(), dist.world_size()
         self.run_dir = Path(run_dir) if run_dir is not None else run_folder(cfg)
         self.progress_cb = progress
         tcfg = cfg.train
         if tcfg.threads:
             torch.set_num_threads(tcfg.threads)
-        self.device = resolve_device(tcfg.device)
+        self.device = dist.local_device(resolve_device(tcfg.device))
+        if tcfg.amp == "fp16" and self.device.type != "cuda":
+            raise ConfigError(
+                "train.amp 'fp16' needs a CUDA device (it trains with a gradient scaler); "
+                "use 'bf16' on CPU"
+            )
         torch.manual_seed(cfg.seed)
         self.data = bundle if bundle is not None else build_dataset(cfg.data)
         d = self.data
@@ -139,8 +151,8 @@ class Trainer:
         terms = build_terms(cfg.distill.terms)
         for term in terms:
             bind = getattr(term, "bind_data", None)
-            if callable(bind):
-                bind(len(d.train))
+            if callable(bind):  # terms that index the training set (CRD's memory bank)
+                bind(len(d.train), labels=d.train.y)
         self.distiller = Distiller(
             student, teacher, terms, build_views(cfg.distill.views), example_input=d.train.x[:2]
         ).to(self.device)
@@ -148,21 +160,29 @@ class Trainer:
             self.distiller.to(memory_format=torch.channels_last)
         self.stages = resolve_stages(cfg, self.distiller)
         self.train_loader = make_loader(
-            d.train, cfg.data.batch_size, train=True, seed=cfg.seed, device=self.device
+            d.train,
+            dist.per_rank_batch(cfg.data.batch_size),
+            train=True,
+            seed=cfg.seed,
+            rank=self.rank,
+            world_size=self.world_size,
+            device=self.device,
         )
         self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ running
     def run(self, resume: bool = False) -> RunResult:
         start = time.time()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.atomic_write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
-        ckpt.atomic_write_text(
-            self.run_dir / "env.json", json.dumps(environment(self.device), indent=2)
-        )
+        main = self.rank == 0  # only rank 0 writes the run folder
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.atomic_write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
+            env = {**environment(self.device), "world_size": self.world_size}
+            ckpt.atomic_write_text(self.run_dir / "env.json", json.dumps(env, indent=2))
         state = self._resume_state() if resume else None
         if not resume:
-            clear_run_artifacts(self.run_dir)
+            if main:
+                clear_run_artifacts(self.run_dir)
         else:
             self.history = _read_jsonl(self.run_dir / "metrics.jsonl")
         first = state["stage_index"] if state else 0
@@ -209,11 +229,16 @@ class Trainer:
         grad_clip = cfg.train.grad_clip
         channels_last = cfg.train.channels_last
         plan_losses = stage.losses
+        main = self.rank == 0
+        # DDP syncs the parameters this stage trains; pre-stages (and terms idle in the
+        # main stage) leave some without a gradient, which DDP must be told to expect.
+        idle = any(not t.in_main_stage for t in distiller.terms.values())
+        ddp = [dist.wrap(distiller, device, find_unused=not stage.is_main or idle)]
 
         def step(engine: Engine, batch: tuple[Tensor, Tensor, Tensor]) -> dict[str, Tensor]:
             x, y, idx = batch
             it = engine.state.iteration
-            torch.manual_seed(_seed_for(cfg.seed, index, it))
+            torch.manual_seed(_seed_for(cfg.seed, index, it, self.rank))
             distiller.train()
             x = augment(x, aug.crop_padding, aug.hflip)
             if channels_last and x.dim() == 4:
@@ -221,7 +246,7 @@ class Trainer:
             with torch.autocast(
                 device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
             ):
-                out = distiller(
+                out = ddp[0](
                     x, y, idx, losses=plan_losses, epoch=engine.state.epoch - 1, iteration=it
                 )
             if not bool(torch.isfinite(out.total)):
@@ -255,7 +280,7 @@ class Trainer:
         sums: dict[str, Tensor] = {}
         total_iters = stage.epochs * len(loader)
         bar = None
-        if cfg.train.progress and self.progress_cb is None:
+        if cfg.train.progress and self.progress_cb is None and main:
             bar = tqdm(
                 total=total_iters,
                 initial=resume["iteration"] if resume else 0,
@@ -274,7 +299,7 @@ class Trainer:
         def _accumulate(e: Engine) -> None:
             for k, v in e.state.output.items():
                 sums[k] = sums[k] + v if k in sums else v.clone()
-            if self.progress_cb is not None:
+            if self.progress_cb is not None and main:
                 self.progress_cb(stage.name, e.state.iteration, total_iters)
             elif bar is not None:
                 bar.update(1)
@@ -285,7 +310,8 @@ class Trainer:
         def _epoch_end(e: Engine) -> None:
             scheduler.step()
             epoch = e.state.epoch
-            n_batches = max(len(loader), 1)
+            n_batches = max(len(loader), 1) * self.world_size
+            sums.update(dist.reduce_sums(sums))
             row: dict[str, Any] = {"stage": stage.name, "epoch": epoch}
             row["lr"] = optimizer.param_groups[0]["lr"]
             for k, v in sums.items():
@@ -293,17 +319,23 @@ class Trainer:
                     row[f"train_{k}"] = float(v) / n_batches
             row["train_acc"] = 100.0 * float(sums["correct"]) / max(float(sums["n"]), 1.0)
             if self.data.val is not None:
-                val = evaluate(distiller.student, self.data.val, cfg.data.eval_batch_size, device)
+                val = dist.evaluate_sharded(
+                    distiller.student, self.data.val, cfg.data.eval_batch_size, device
+                )
                 row.update({f"val_{k}": v for k, v in val.items()})
                 if stage.is_main and val["acc1"] > best["val_acc"]:
                     best.update(val_acc=val["acc1"], epoch=epoch)
-                    ckpt.save_weights(
-                        self.run_dir / "best.safetensors", distiller.student.state_dict()
-                    )
+                    if main:
+                        ckpt.save_weights(
+                            self.run_dir / "best.safetensors", distiller.student.state_dict()
+                        )
             row["time"] = time.time()
             self.history.append(row)
-            _append_jsonl(self.run_dir / "metrics.jsonl", row)
+            if main:
+                _append_jsonl(self.run_dir / "metrics.jsonl", row)
             self._checkpoint(index, e, optimizer, scheduler, best)
+            if self.on_epoch is not None and main:
+                self.on_epoch(row)
             if bar is not None:
                 shown = {"loss": row.get("train_loss"), "val": row.get("val_acc1")}
                 bar.set_postfix({k: round(v, 3) for k, v in shown.items() if v is not None})
@@ -323,11 +355,14 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            ddp.clear()  # free DDP (and its gradient hooks) before the next stage wraps anew
         self._stage_best = best
 
     def _checkpoint(
         self, index: int, e: Engine, optimizer: Any, scheduler: Any, best: dict[str, Any]
     ) -> None:
+        if self.rank != 0:
+            return
         state = {
             "stage_index": index,
             "stage": self.stages[index].name,
@@ -348,6 +383,9 @@ class Trainer:
             )
 
     def _finish(self, elapsed: float) -> RunResult:
+        if self.rank != 0:  # rank 0 tests and writes; the others return its result
+            shared = dist.broadcast_json(None)
+            return RunResult(**shared)
         cfg, d, device = self.cfg, self.data, self.device
         student = self.distiller.student
         last_weights = {k: v.detach().clone() for k, v in student.state_dict().items()}
@@ -380,6 +418,7 @@ class Trainer:
         ckpt.atomic_write_text(
             self.run_dir / "results.json", json.dumps(result.to_json(), indent=2)
         )
+        dist.broadcast_json(asdict(result))
         return result
 
 
@@ -427,6 +466,7 @@ def train(
     resume: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
     bundle: DataBundle | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunResult:
     """Train the recipe ``cfg`` in ``run_dir`` (default ``output_dir/name``).
 
@@ -435,8 +475,11 @@ def train(
         progress: called as ``progress(stage, iteration, total)`` after every step
             (replaces the per-epoch printout).
         bundle: an already built dataset (skips ``build_dataset``; e.g. for pipelines).
+        on_epoch: called with each epoch's metrics row (``stage``, ``epoch``,
+            ``val_acc1``, ...) after it is logged; e.g. to report to a tuner's pruner.
     """
-    return Trainer(cfg, Path(run_dir) if run_dir else None, progress, bundle).run(resume=resume)
+    trainer = Trainer(cfg, Path(run_dir) if run_dir else None, progress, bundle, on_epoch)
+    return trainer.run(resume=resume)
 
 
 def is_finite_number(x: float | None) -> bool:

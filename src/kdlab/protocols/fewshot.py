@@ -184,9 +184,7 @@ def _train(cfg: RunConfig, run_dir: Path, bundle: DataBundle | None) -> dict[str
     return Trainer(cfg, run_dir=run_dir, bundle=bundle).run().to_json()
 
 
-def run_fewshot(
-    s: FewShotSettings, log: Callable[[str], None] = print
-) -> FewShotResult:
+def run_fewshot(s: FewShotSettings, log: Callable[[str], None] = print) -> FewShotResult:
     """Train the teacher, then every (method, n, seed) student; build the table."""
     s.check()
     out = Path(s.out)
@@ -244,8 +242,17 @@ def _save(result: FewShotResult, out: Path) -> dict[str, str]:
         "summary": out / "summary.csv",
     }
     paths["table"].write_text(result.table + "\n")
-    keep = ("method", "n", "seed", "test_acc_best", "test_acc_last", "val_acc", "best_epoch",
-            "wall_time_s", "run_dir")
+    keep = (
+        "method",
+        "n",
+        "seed",
+        "test_acc_best",
+        "test_acc_last",
+        "val_acc",
+        "best_epoch",
+        "wall_time_s",
+        "run_dir",
+    )
     write_csv(paths["csv"], [{k: r.get(k) for k in keep} for r in result.runs])
     summary = []
     for n in result.settings.shots:
@@ -255,8 +262,17 @@ def _save(result: FewShotResult, out: Path) -> dict[str, str]:
                 continue
             mb, sb = mean_std(r["test_acc_best"] for r in sel)
             ml, sl = mean_std(r["test_acc_last"] for r in sel)
-            summary.append({"n": n, "method": method, "seeds": len(sel), "test_best_mean": mb,
-                            "test_best_std": sb, "test_last_mean": ml, "test_last_std": sl})
+            summary.append(
+                {
+                    "n": n,
+                    "method": method,
+                    "seeds": len(sel),
+                    "test_best_mean": mb,
+                    "test_best_std": sb,
+                    "test_last_mean": ml,
+                    "test_last_std": sl,
+                }
+            )
     write_csv(paths["summary"], summary)
     (out / "settings.json").write_text(json.dumps(asdict(result.settings), indent=2))
     return {k: str(v) for k, v in paths.items()}

@@ -162,9 +162,7 @@ def _softmax(fn: Fn, temperature: float) -> Fn:
     return lambda x: torch.softmax(fn(x) / temperature, dim=-1)
 
 
-def make_cases(
-    d: int = 8, k: int = 5, seed: int = 0, temperature: float = 1.0
-) -> dict[str, Case]:
+def make_cases(d: int = 8, k: int = 5, seed: int = 0, temperature: float = 1.0) -> dict[str, Case]:
     """Affine maps, ReLU MLPs (teacher 2x16 hidden, student 1x8), and their softmaxes."""
     g = torch.Generator().manual_seed(seed)
     at, as_ = _affine(d, k, g), _affine(d, k, g)
@@ -336,8 +334,9 @@ def run_propositions(
     all_cases = make_cases(d, k, seed, temperature)
     names = list(cases) if cases is not None else list(all_cases)
     g = torch.Generator().manual_seed(seed + 1)
-    cand = torch.randn(100 * points if away_from_kinks else points, d, generator=g,
-                       dtype=torch.float64)
+    cand = torch.randn(
+        100 * points if away_from_kinks else points, d, generator=g, dtype=torch.float64
+    )
     z = torch.randn(samples, d, generator=g, dtype=torch.float64)  # common to every sigma
     relu = all_cases["relu"]
     assert isinstance(relu.teacher, ReluMLP) and isinstance(relu.student, ReluMLP)
@@ -392,8 +391,16 @@ def run_propositions(
             _slopes(block)
             rows.extend(block)
     report = Report(
-        rows, [], samples, points, seed, estimator, tuple(float(s) for s in sigmas),
-        away_from_kinks, float(radius.min()), median_radius,
+        rows,
+        [],
+        samples,
+        points,
+        seed,
+        estimator,
+        tuple(float(s) for s in sigmas),
+        away_from_kinks,
+        float(radius.min()),
+        median_radius,
     )
     report.verdicts = [_verdict(c, [r for r in rows if r.claim == c], all_cases) for c in claims]
     return report
@@ -480,8 +487,7 @@ def _fmt(v: float, digits: int = 4) -> str:
 
 
 _TABLE_HEAD = [
-    "| net | sigma | MC (+- SE) | notes | corrected | gap notes | slope | "
-    "gap corrected | slope |",
+    "| net | sigma | MC (+- SE) | notes | corrected | gap notes | slope | gap corrected | slope |",
     "|---|---|---|---|---|---|---|---|---|",
 ]
 
@@ -532,8 +538,12 @@ def format_report(report: Report, random_points: Report | None = None) -> str:
     lines.append("")
     for v in report.verdicts:
         rows = [r for r in report.rows if r.claim == v.claim]
-        lines += [f"## Claim {v.claim}: {CLAIMS[v.claim]}", "", f"Corrected: {CORRECTED[v.claim]}",
-                  ""]
+        lines += [
+            f"## Claim {v.claim}: {CLAIMS[v.claim]}",
+            "",
+            f"Corrected: {CORRECTED[v.claim]}",
+            "",
+        ]
         lines += _table(rows)
         lines += ["", f"**Verdict: {v.verdict}.**", ""]
         lines += [f"- {name}: {text}" for name, text in v.per_case.items()]
@@ -601,8 +611,9 @@ def plot_report(report: Report, path: str | Path) -> None:
                     (s, gp) for s, gp, r in zip(sig, gaps, block) if _resolved(gp, r.gap_se, r.f0)
                 ]
                 if keep:
-                    ax.plot(*zip(*keep), style, color=colors.get(name), ms=4,
-                            label=f"{name} {attr}")
+                    ax.plot(
+                        *zip(*keep), style, color=colors.get(name), ms=4, label=f"{name} {attr}"
+                    )
         ref = [max(report.sigmas), min(report.sigmas)]
         ax.plot(ref, [s**2 for s in ref], ":", color="grey", label="sigma^2")
         ax.plot(ref, [s**4 for s in ref], "-.", color="grey", label="sigma^4")
@@ -614,7 +625,7 @@ def plot_report(report: Report, path: str | Path) -> None:
         ax.set_ylabel("|MC - form|")
         ax.set_title(f"claim {claim}: notes (solid) vs corrected (dashed)", fontsize=9)
         ax.legend(fontsize=6)
-    for ax in list(axes.flat)[len(claims):]:
+    for ax in list(axes.flat)[len(claims) :]:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

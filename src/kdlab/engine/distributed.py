@@ -1,0 +1,179 @@
+"""Data-parallel training through ``ignite.distributed`` (DDP over gloo or NCCL).
+
+A run is distributed when it starts under ``torchrun`` (or ``kdlab train --nproc N``,
+which spawns the processes through :class:`ignite.distributed.Parallel`). Every rank
+builds the same models from the same seed; DDP wraps the Distiller, whose module tree
+holds the student and the terms' adapters but not the frozen teacher, so only trained
+weights are synchronised. The training loader gives each rank its shard of the same
+permutation, ``data.batch_size`` stays the *global* batch (each rank takes
+``batch_size / world_size``), and validation is sharded and summed over ranks. Rank 0
+alone writes the run folder (checkpoints, metrics, reports) and evaluates the test split.
+
+See ``docs/distributed.md`` for launching on one or several machines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import ignite.distributed as idist
+import torch
+from torch import Tensor, nn
+
+from kdlab.data.base import TensorSplit
+from kdlab.engine.evaluate import evaluate
+from kdlab.errors import ConfigError
+
+
+def rank() -> int:
+    return idist.get_rank()
+
+
+def world_size() -> int:
+    return idist.get_world_size()
+
+
+def is_main() -> bool:
+    return idist.get_rank() == 0
+
+
+def launched_by_torchrun() -> bool:
+    """True inside a process started by ``torchrun`` (its env vars are set)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or (
+        "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+    )
+
+
+def backend_for(device: str) -> str:
+    """NCCL when the recipe trains on CUDA and CUDA exists, gloo otherwise (CPU)."""
+    wants_cuda = device == "auto" or device.startswith("cuda")
+    return "nccl" if wants_cuda and torch.cuda.is_available() else "gloo"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launch(
+    fn: Callable[..., Any],
+    *args: Any,
+    nproc: int | None = None,
+    device: str = "auto",
+    master_port: int | None = None,
+) -> None:
+    """Run ``fn(local_rank, *args)`` on every rank.
+
+    Under torchrun the process group comes from its environment; with ``nproc > 1``
+    ``nproc`` local processes are spawned; otherwise ``fn`` runs here, undistributed.
+    """
+    if launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        with idist.Parallel(backend=backend_for(device)) as parallel:
+            parallel.run(fn, *args)
+    elif nproc is not None and nproc > 1:
+        if backend_for(device) == "nccl" and nproc > torch.cuda.device_count():
+            raise ConfigError(
+                f"--nproc {nproc} on CUDA needs {nproc} GPUs, this machine has "
+                f"{torch.cuda.device_count()} (NCCL runs one process per GPU); use at most "
+                "that many, or train.device=cpu for gloo"
+            )
+        port = master_port or free_port()
+        with idist.Parallel(
+            backend=backend_for(device),
+            nproc_per_node=nproc,
+            master_addr="127.0.0.1",
+            master_port=port,
+        ) as parallel:
+            parallel.run(fn, *args)
+    else:
+        fn(0, *args)
+
+
+def local_device(device: torch.device) -> torch.device:
+    """Each rank's own GPU (``cuda:LOCAL_RANK``); CPU ranks share the CPU."""
+    if world_size() > 1 and device.type == "cuda":
+        device = torch.device("cuda", idist.get_local_rank())
+        torch.cuda.set_device(device)
+    return device
+
+
+def per_rank_batch(batch_size: int) -> int:
+    """The share of the global batch ``data.batch_size`` that each rank takes."""
+    n = world_size()
+    if batch_size % n:
+        raise ConfigError(
+            f"data.batch_size {batch_size} is the global batch and must divide evenly over "
+            f"{n} processes (use a multiple of {n})"
+        )
+    return batch_size // n
+
+
+def wrap(module: nn.Module, device: torch.device, find_unused: bool) -> nn.Module:
+    """DDP around ``module`` when distributed (only parameters that require grad sync).
+
+    ``find_unused`` must be set when a step may leave trainable parameters without a
+    gradient (pre-stages that train the whole student on a partial loss, terms idle in
+    a stage): DDP then marks them ready instead of waiting for them forever.
+    """
+    if world_size() <= 1:
+        return module
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(
+        module,
+        device_ids=ids,
+        output_device=ids[0] if ids else None,
+        find_unused_parameters=find_unused,
+    )
+
+
+def reduce_sums(sums: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Sum each value over ranks (one collective for all of them)."""
+    if world_size() <= 1 or not sums:
+        return dict(sums)
+    keys = sorted(sums)
+    flat = torch.stack([sums[k].detach().to(torch.float64).reshape(()) for k in keys])
+    flat = idist.all_reduce(flat)
+    return {k: flat[i] for i, k in enumerate(keys)}
+
+
+def evaluate_sharded(
+    model: nn.Module, split: TensorSplit, batch_size: int, device: torch.device | str
+) -> dict[str, float]:
+    """:func:`evaluate` over the whole split, each rank taking every world-th sample.
+
+    Counts and loss sums are added over ranks, so the result equals a single process's
+    evaluation of the split (all ranks hold the same weights under DDP).
+    """
+    n_ranks = world_size()
+    if n_ranks <= 1:
+        return evaluate(model, split, batch_size, device)
+    r = rank()
+    shard = TensorSplit(split.x[r::n_ranks], split.y[r::n_ranks])
+    n = len(shard)
+    if n:
+        m = evaluate(model, shard, batch_size, device)
+        # evaluate() reports percentages and means; turn them back into sums.
+        local = [round(m["acc1"] * n / 100.0), round(m["acc5"] * n / 100.0), m["loss"] * n, n]
+    else:
+        local = [0, 0, 0.0, 0]
+    total = idist.all_reduce(torch.tensor(local, dtype=torch.float64, device=idist.device()))
+    c1, c5, loss, count = (float(v) for v in total.cpu())
+    return {"acc1": 100.0 * c1 / count, "acc5": 100.0 * c5 / count, "loss": loss / count}
+
+
+def broadcast_json(obj: Any) -> Any:
+    """Rank 0's JSON-able ``obj`` on every rank (others pass anything)."""
+    if world_size() <= 1:
+        return obj
+    text = json.dumps(obj) if is_main() else ""
+    return json.loads(idist.broadcast(text, src=0, safe_mode=True))
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        idist.barrier()

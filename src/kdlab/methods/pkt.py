@@ -1,0 +1,51 @@
+"""``pkt``: Passalis & Tefas, Probabilistic Knowledge Transfer."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from torch import Tensor
+
+from kdlab.functional.relations import pkt_loss
+from kdlab.methods.base import Shapes, StepContext, Term, TermParams
+
+
+class PKTParams(TermParams):
+    student: list[str] = Field(default_factory=lambda: ["fc:input"], min_length=1)
+    teacher: list[str] = Field(default_factory=lambda: ["fc:input"], min_length=1)
+    eps: float = Field(1e-7, gt=0.0, description="added inside the logs and norms")
+    include_self: bool = Field(
+        False, description="keep k = i in the row normalisation (RepDistiller; paper: k != i)"
+    )
+
+
+class ProbabilisticKnowledgeTransfer(Term):
+    """Match the conditional probability distributions of pairwise cosine similarities.
+
+    Paper: Passalis & Tefas, Learning Deep Representations with Probabilistic Knowledge
+    Transfer, ECCV 2018 (arXiv:1803.10837).
+
+    ``K(a, b) = (cos(a, b) + 1) / 2``; ``p_{j|i} = K(t_i, t_j) / sum_{k != i} K(t_i, t_k)``
+    and ``q_{j|i}`` likewise on student features; loss ``KL(p || q)`` summed over pairs,
+    divided by ``b^2`` (:func:`kdlab.functional.relations.pkt_loss`). Taps: the
+    penultimate features (``fc:input``) of both models, as RepDistiller; several pairs
+    are summed. Feature widths may differ: only ``b x b`` kernels are compared.
+
+    Defaults: weight 30000 with ``ce`` at 1 (the CIFAR-100 reference protocol, whose
+    reduction is the mean over the ``b x b`` entries). Differences from common code:
+    RepDistiller includes ``k = i`` in the row normalisation (``include_self: true``
+    reproduces it); the paper also proposes other kernels, the cosine one is its default.
+    """
+
+    method = "pkt"
+    Params = PKTParams
+    default_weight = 30000.0
+
+    def setup(self, shapes: Shapes) -> None:
+        self.paired_taps()  # a clear error now if the tap counts differ
+
+    def forward(self, ctx: StepContext) -> Tensor:
+        p: PKTParams = self.params  # type: ignore[assignment]
+        total = ctx.student.logits.new_zeros(())
+        for s, t in self.paired_taps():
+            total = total + pkt_loss(ctx.s(s), ctx.t(t), p.eps, p.include_self)
+        return total
