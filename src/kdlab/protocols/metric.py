@@ -226,7 +226,9 @@ def run(args: argparse.Namespace) -> int:
         records,
         notes=[
             f"trained on classes {classes}; retrieval over all samples of the other classes",
-            f"student {base.student.name}; DarkRank alpha={dr.get('alpha', 3.0)}, "
+            f"student {base.student.name}; embedding size "
+            f"{base.student.kwargs.get('dim') or data.num_classes}; "
+            f"DarkRank alpha={dr.get('alpha', 3.0)}, "
             f"beta={dr.get('beta', 3.0)}, list_length={dr.get('list_length', 4)}, "
             f"weight {dr.get('weight', 1.0)}; triplet margin "
             f"{metric_terms[0].get('margin', 0.2) if metric_terms else '-'}",
