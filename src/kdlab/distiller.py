@@ -178,7 +178,7 @@ class Distiller(nn.Module):
             if term.needs_teacher and tv not in teacher_passes:
                 grad = any(t.teacher_input_grad and t.params.teacher_view == tv for t, _, _ in plan)
                 teacher_passes[tv] = self._teacher_pass(view(tv), grad)
-        if "default" not in student_passes:  # logits for train accuracy
+        if not student_passes:  # logits for train accuracy
             student_passes["default"] = self._student_pass(inputs, False)
 
         out: dict[str, Tensor] = {}
@@ -199,7 +199,11 @@ class Distiller(nn.Module):
             key = term.term_name if mode is None else f"{term.term_name}.{mode}"
             out[key] = weight * term.loss(ctx, mode)
         total = torch.stack(list(out.values())).sum() if out else inputs.new_zeros(())
-        return DistillOutput(total=total, losses=out, logits=student_passes["default"].logits)
+        # Train accuracy uses the default view's logits when some term computed them,
+        # else the first view's: an extra train-mode forward on the clean batch would
+        # move BatchNorm running statistics towards inputs the student never trains on.
+        shown = student_passes.get("default") or next(iter(student_passes.values()))
+        return DistillOutput(total=total, losses=out, logits=shown.logits)
 
     def loss_plan(
         self, losses: Mapping[str, float] | None = None
