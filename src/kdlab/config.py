@@ -24,7 +24,10 @@ M = TypeVar("M", bound=BaseModel)
 class Strict(BaseModel):
     """Base of every config section: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    # allow_inf_nan=False: a NaN or infinite lr, weight or temperature is never meant.
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False
+    )
 
 
 class AugmentConfig(Strict):
@@ -40,7 +43,7 @@ class DataConfig(Strict):
         0.2, gt=0.0, lt=1.0, description="only for datasets without a test split"
     )
     split_seed: int = Field(
-        0, description="seed of the train/val/test split (fixed across run seeds)"
+        0, ge=0, lt=2**32, description="seed of the train/val/test split (fixed across run seeds)"
     )
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(512, ge=1)
@@ -111,7 +114,7 @@ class DistillConfig(Strict):
 
 class RunConfig(Strict):
     name: str = "run"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="torch and numpy take 0 <= seed < 2**32")
     output_dir: str = "runs"
     data: DataConfig = DataConfig()
     student: ModelConfig
@@ -183,8 +186,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
         data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
+    except yaml.YAMLError as err:  # also refuses tags such as !!python/object
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {str(path)!r} cannot be read as text: {err}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -208,10 +213,15 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> di
         for i, key in enumerate(keys[:-1]):
             if isinstance(node, list):
                 node = node[_list_index(node, key, keys[: i + 1])]
-            else:
+            elif isinstance(node, dict):
                 node = node.setdefault(key, {})
                 if node is None:
                     raise ConfigError(f"override {dotted!r}: {'.'.join(keys[: i + 1])!r} is empty")
+            else:  # e.g. train.epochs.x=1: a scalar has no keys
+                raise ConfigError(
+                    f"override {dotted!r}: {'.'.join(keys[:i])!r} is a {type(node).__name__}, "
+                    "not a mapping or list"
+                )
         last = keys[-1]
         if isinstance(node, list):
             node[_list_index(node, last, keys)] = value

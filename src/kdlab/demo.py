@@ -88,6 +88,22 @@ def method_recipe(method: str, recipes: Path = RECIPES) -> dict[str, Any]:
     return {"distill": data.get("distill", {"terms": [{"method": method}]})}
 
 
+def _fits_demo(path: Path) -> bool:
+    """A recipe made for the demo's protocol: clean digits classification, cnn_small.
+
+    Methods with their own protocol (CQD's degraded inputs, DarkRank's retrieval) have
+    recipes for other data or models; ``kdlab protocol ...`` runs those.
+    """
+    if not path.is_file():
+        return False
+    data = read_yaml(path)
+    return (
+        data.get("data", {}).get("name", "digits") == "digits"
+        and data.get("student", {}).get("name") == STUDENT
+        and not data.get("distill", {}).get("views")
+    )
+
+
 def resolve_methods(spec: str | Sequence[str]) -> list[str]:
     if isinstance(spec, str):
         names = [m.strip() for m in spec.split(",") if m.strip()]
@@ -95,7 +111,7 @@ def resolve_methods(spec: str | Sequence[str]) -> list[str]:
         names = list(spec)
     if names == ["all"]:
         extra = [m for m in METHODS.names() if m not in ("ce", *BUILTIN_TERMS)]
-        extra = [m for m in extra if (RECIPES / f"{m}.yaml").is_file()]
+        extra = [m for m in extra if _fits_demo(RECIPES / f"{m}.yaml")]
         names = ["kd", "logits", *extra]
     out = ["vanilla"] + [m for m in names if m != "vanilla"]
     for m in out:

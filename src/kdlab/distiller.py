@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdlab.errors import ConfigError, ModelError, did_you_mean
+from kdlab.errors import ConfigError, KdlabError, ModelError, TapError, did_you_mean
 from kdlab.methods.base import Pass, Shapes, StepContext, Term
 from kdlab.taps import FeatureTaps, Tap, model_logits
 from kdlab.views import ViewFn, check_view, identity
@@ -120,7 +120,20 @@ class Distiller(nn.Module):
             if self.teacher is not None and tv not in t_shapes:
                 assert self.teacher_taps is not None
                 t_shapes[tv] = self._probe(self.teacher, self.teacher_taps, self.views[tv](example))
-            term.setup(Shapes(student=s_shapes[sv], teacher=t_shapes.get(tv, {})))
+            shapes = Shapes(student=s_shapes[sv], teacher=t_shapes.get(tv, {}))
+            try:
+                term.setup(shapes)
+            except (RuntimeError, ValueError, IndexError) as err:
+                if isinstance(err, KdlabError):
+                    raise
+                # Adapters are sized from the recipe's taps: a tap of the wrong rank or
+                # size for this method is a recipe mistake, not a kdlab bug.
+                raise TapError(
+                    f"term {term.term_name!r} (method {term.method!r}) cannot build its "
+                    f"adapters for these taps: {err}; student shapes "
+                    f"{ {str(k): tuple(v) for k, v in shapes.student.items()} }, teacher shapes "
+                    f"{ {str(k): tuple(v) for k, v in shapes.teacher.items()} }"
+                ) from err
 
     @staticmethod
     def _probe(model: nn.Module, taps: FeatureTaps, x: Tensor) -> dict[Tap, torch.Size]:
@@ -166,7 +179,7 @@ class Distiller(nn.Module):
                 grad = any(t.teacher_input_grad and t.params.teacher_view == tv for t, _, _ in plan)
                 cached = indices if tv == "default" else None  # only the batch itself
                 teacher_passes[tv] = self._teacher_pass(view(tv), grad, cached)
-        if "default" not in student_passes:  # logits for train accuracy
+        if not student_passes:  # logits for train accuracy
             student_passes["default"] = self._student_pass(inputs, False)
 
         out: dict[str, Tensor] = {}
@@ -187,7 +200,11 @@ class Distiller(nn.Module):
             key = term.term_name if mode is None else f"{term.term_name}.{mode}"
             out[key] = weight * term.loss(ctx, mode)
         total = torch.stack(list(out.values())).sum() if out else inputs.new_zeros(())
-        return DistillOutput(total=total, losses=out, logits=student_passes["default"].logits)
+        # Train accuracy uses the default view's logits when some term computed them,
+        # else the first view's: an extra train-mode forward on the clean batch would
+        # move BatchNorm running statistics towards inputs the student never trains on.
+        shown = student_passes.get("default") or next(iter(student_passes.values()))
+        return DistillOutput(total=total, losses=out, logits=shown.logits)
 
     def loss_plan(
         self, losses: Mapping[str, float] | None = None

@@ -30,8 +30,8 @@ def identity() -> ViewFn:
 @VIEWS.register("gaussian_noise")
 def gaussian_noise(sigma: float = 0.1) -> ViewFn:
     """``x + sigma * z`` with ``z ~ N(0, I)`` drawn fresh each step."""
-    if sigma < 0:
-        raise ConfigError(f"gaussian_noise: sigma must be >= 0, got {sigma}")
+    if not isinstance(sigma, (int, float)) or not 0 <= sigma < float("inf"):  # NaN fails too
+        raise ConfigError(f"gaussian_noise: sigma must be a finite number >= 0, got {sigma!r}")
     return lambda x: x + sigma * torch.randn_like(x)
 
 

@@ -19,6 +19,11 @@ class TensorSplit:
     y: Tensor
 
     def __post_init__(self) -> None:
+        if self.x.dim() < 1 or self.y.dim() != 1:
+            raise DataError(
+                f"inputs need a sample dimension and labels must be 1-D, got shapes "
+                f"{tuple(self.x.shape)} and {tuple(self.y.shape)}"
+            )
         if self.x.shape[0] != self.y.shape[0]:
             raise DataError(f"{self.x.shape[0]} inputs but {self.y.shape[0]} labels")
 
@@ -49,9 +54,11 @@ class DataBundle:
 
 def check_labels(y: np.ndarray | Tensor, num_classes: int, source: str) -> None:
     """Labels must be integers in ``[0, num_classes)``."""
-    y = np.asarray(y)
+    y = y.cpu().numpy() if isinstance(y, Tensor) else np.asarray(y)
     if y.size == 0:
         raise DataError(f"{source}: no samples")
+    if y.ndim != 1:
+        raise DataError(f"{source}: labels must be 1-D (one per sample), got shape {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{source}: labels must be integers, got dtype {y.dtype}")
     lo, hi = int(y.min()), int(y.max())
@@ -62,9 +69,17 @@ def check_labels(y: np.ndarray | Tensor, num_classes: int, source: str) -> None:
 
 
 def check_finite(x: np.ndarray | Tensor, source: str) -> None:
-    x = torch.as_tensor(np.asarray(x)) if not isinstance(x, Tensor) else x
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).sum())
+    """Inputs must be numbers, none NaN or infinite."""
+    if isinstance(x, Tensor):
+        finite = torch.isfinite(x) if x.is_floating_point() or x.is_complex() else None
+        bad = 0 if finite is None else int((~finite).sum())
+    else:
+        # numpy directly: torch cannot convert every numpy dtype (uint16, object, str).
+        x = np.asarray(x)
+        if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+            raise DataError(f"{source}: inputs must be numbers, got dtype {x.dtype}")
+        bad = int((~np.isfinite(x)).sum()) if np.issubdtype(x.dtype, np.inexact) else 0
+    if bad:
         raise DataError(f"{source}: {bad} input values are NaN or infinite")
 
 
@@ -107,3 +122,31 @@ def standardize(train: Tensor, *others: Tensor | None) -> tuple[Tensor, ...]:
     out = [(train - mean) / std]
     out += [None if o is None else (o - mean) / std for o in others]
     return tuple(out)  # type: ignore[arg-type]
+
+
+def check_bundle(bundle: DataBundle, source: str = "dataset") -> None:
+    """Check what every dataset must satisfy before training: non-empty float inputs
+    with ``in_channels`` channels, finite values, integer labels in ``[0, num_classes)``.
+
+    Raises DataError naming the split and what is wrong; cheap for in-memory splits.
+    """
+    if not isinstance(bundle.num_classes, int) or bundle.num_classes < 1:
+        raise DataError(
+            f"{source}: num_classes must be a positive integer, got {bundle.num_classes!r}"
+        )
+    splits = {"train": bundle.train, "val": bundle.val, "test": bundle.test}
+    for name, split in splits.items():
+        if split is None:
+            if name == "val":
+                continue
+            raise DataError(f"{source}: the {name} split is missing")
+        where = f"{source} ({name} split)"
+        if not split.x.is_floating_point():
+            raise DataError(f"{where}: inputs must be floating point, got {split.x.dtype}")
+        if split.x.dim() == 4 and split.x.shape[1] != bundle.in_channels:
+            raise DataError(
+                f"{where}: images have shape {tuple(split.x.shape)}, expected "
+                f"{bundle.in_channels} channels in dimension 1 (N, C, H, W)"
+            )
+        check_labels(split.y, bundle.num_classes, where)
+        check_finite(split.x, where)

@@ -92,9 +92,12 @@ def npz(cfg: DataConfig) -> DataBundle:
     if not path.is_file():
         raise DataError(f"data.root {str(path)!r}: no such .npz file")
     try:
-        with np.load(path, allow_pickle=False) as f:
+        loaded = np.load(path, allow_pickle=False)
+        if not hasattr(loaded, "files"):  # a .npy array under an .npz name
+            raise ValueError(f"it holds one array of shape {np.shape(loaded)}, not named arrays")
+        with loaded as f:
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # EOFError: empty file
         raise DataError(f"{path}: not a readable .npz file of plain arrays ({err})") from None
     for key in ("x", "y"):
         if key not in arrays:

@@ -18,7 +18,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
+    except (RuntimeError, ValueError, TypeError):
         raise ConfigError(
             f"train.device {name!r} is not a device; use auto, cpu or cuda[:N]"
         ) from None

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from kdlab.config import RunConfig, dump_config
 from kdlab.data import DataBundle, build_dataset, make_loader
 from kdlab.data.augment import augment
+from kdlab.data.base import check_bundle
 from kdlab.distiller import Distiller
 from kdlab.engine import checkpoint as ckpt
 from kdlab.engine import distributed as dist
@@ -84,8 +85,12 @@ def load_model(
         )
     try:
         model.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"weights {str(path)!r} do not fit model {name!r}: {err}") from None
+    except RuntimeError as err:  # same names, other shapes: e.g. another class count
+        detail = "; ".join(line.strip() for line in str(err).splitlines()[1:]) or str(err)
+        raise CheckpointError(
+            f"weights {str(path)!r} do not fit model {name!r} with {num_classes} classes and "
+            f"{in_channels} input channels: {detail}"
+        ) from None
     return model
 
 
@@ -164,6 +169,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.data = bundle if bundle is not None else build_dataset(cfg.data)
         d = self.data
+        # Labels out of range or NaN inputs would otherwise surface as an IndexError
+        # deep inside a loss (or as a NaN loss) many steps later: check them up front.
+        check_bundle(d, cfg.data.name)
         student = load_model(
             cfg.student.name,
             cfg.student.kwargs,
@@ -228,24 +236,55 @@ class Trainer:
         start = time.time()
         main = self.rank == 0  # only rank 0 writes the run folder
         if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:  # a file in the way, no permission: the user's path
+                raise ConfigError(
+                    f"run folder {str(self.run_dir)!r} cannot be created: {err}"
+                ) from None
             ckpt.atomic_write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
             env = {**environment(self.device), "world_size": self.world_size}
             ckpt.atomic_write_text(self.run_dir / "env.json", json.dumps(env, indent=2))
         state = self._resume_state() if resume else None
-        if not resume:
+        self._started = start - (state or {}).get("elapsed", 0.0)
+        metrics = self.run_dir / "metrics.jsonl"
+        if state is None:
+            # A fresh start (also --resume with no checkpoint yet: a run killed before
+            # its first one) must not keep what an earlier attempt left behind.
             if main:
                 clear_run_artifacts(self.run_dir)
         else:
-            self.history = _read_jsonl(self.run_dir / "metrics.jsonl")
+            # Rows of epochs after the checkpoint were written by the killed run and
+            # will be written again by the replay: keep only those the checkpoint
+            # covers (this also drops a last line cut by the kill), so each
+            # (stage, epoch) appears exactly once.
+            self.history = self._rows_before(state, _read_jsonl(metrics))
+            if main:
+                rows = "".join(json.dumps(r) + "\n" for r in self.history)
+                ckpt.atomic_write_text(metrics, rows)
         first = state["stage_index"] if state else 0
         for i, stage in enumerate(self.stages):
             if i < first:
                 continue
             fresh = state is None or i != first or state.get("fresh_stage", False)
             self._run_stage(i, stage, None if fresh else state)
-        result = self._finish(time.time() - start + (state or {}).get("elapsed", 0.0))
+        result = self._finish(time.time() - self._started)
         return result
+
+    def _rows_before(self, state: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict]:
+        """The metrics rows of epochs a checkpoint state has completed."""
+        index = {s.name: i for i, s in enumerate(self.stages)}
+        done = int(state["iteration"]) // max(len(self.train_loader), 1)
+        at = int(state["stage_index"])
+        kept = []
+        for row in rows:
+            i = index.get(row.get("stage"), len(self.stages))  # type: ignore[arg-type]
+            epoch = row.get("epoch")
+            if not isinstance(epoch, int):
+                continue
+            if i < at or (i == at and epoch <= done):
+                kept.append(row)
+        return kept
 
     def _resume_state(self) -> dict[str, Any] | None:
         loaded = ckpt.load_latest_checkpoint(self.run_dir / "checkpoints")
@@ -258,7 +297,24 @@ class Trainer:
                 f"checkpoint in {str(self.run_dir)!r} does not fit this recipe: missing "
                 f"{missing[:5]}, unexpected {unexpected[:5]}"
             )
-        self.distiller.load_state_dict(weights)
+        required = {"stage_index": int, "iteration": int, "optimizer": dict, "scheduler": dict}
+        for key, kind in required.items():
+            if not isinstance(state, dict) or not isinstance(state.get(key), kind):
+                raise CheckpointError(
+                    f"checkpoint in {str(self.run_dir)!r}: state.pt lacks {key!r} "
+                    "(not a kdlab checkpoint?)"
+                )
+        if not 0 <= state["stage_index"] < len(self.stages):
+            raise CheckpointError(
+                f"checkpoint in {str(self.run_dir)!r} is at stage {state['stage_index']} but "
+                f"this recipe has {len(self.stages)} stages; was the recipe changed?"
+            )
+        try:
+            self.distiller.load_state_dict(weights)
+        except RuntimeError as err:  # same keys, other shapes: a changed recipe
+            raise CheckpointError(
+                f"checkpoint in {str(self.run_dir)!r} does not fit this recipe: {err}"
+            ) from None
         state["elapsed"] = float(state.get("elapsed", 0.0))
         return state
 
@@ -269,9 +325,15 @@ class Trainer:
         scheduler = build_scheduler(optimizer, stage.schedule, stage.epochs)
         best = {"val_acc": -1.0, "epoch": 0}
         if resume is not None:
-            optimizer.load_state_dict(resume["optimizer"])
-            scheduler.load_state_dict(resume["scheduler"])
-            best = dict(resume["best"])
+            try:
+                optimizer.load_state_dict(resume["optimizer"])
+                scheduler.load_state_dict(resume["scheduler"])
+            except (ValueError, KeyError, RuntimeError) as err:
+                raise CheckpointError(
+                    f"checkpoint in {str(self.run_dir)!r}: optimizer state does not fit stage "
+                    f"{stage.name!r} of this recipe ({err}); was the recipe changed?"
+                ) from None
+            best = dict(resume.get("best", best))
         loader = self.train_loader
         distiller = self.distiller
         aug = cfg.data.augment
@@ -320,7 +382,16 @@ class Trainer:
             else:
                 out.total.backward()
             if grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                # Clipping a NaN norm gives NaN gradients: stop before they reach the
+                # weights (fp16's scaler skips such steps itself, so not with it).
+                if scaler is None and not bool(torch.isfinite(norm)):
+                    raise NumericalError(
+                        f"stage {stage.name!r}, epoch {engine.state.epoch}, iteration {it}: "
+                        f"the gradient norm is {float(norm)} (loss terms "
+                        f"{', '.join(repr(k) for k in out.losses)}); the last good "
+                        "checkpoint is kept"
+                    )
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
@@ -334,6 +405,9 @@ class Trainer:
 
         engine = Engine(step)
         sums: dict[str, Tensor] = {}
+        # A mid-epoch checkpoint carries the running sums of the epoch's train metrics,
+        # so the resumed epoch's row equals an uninterrupted run's (not a partial mean).
+        pending_sums = {k: v.to(device) for k, v in ((resume or {}).get("sums") or {}).items()}
         total_iters = stage.epochs * len(loader)
         bar = None
         if cfg.train.progress and self.progress_cb is None and main:
@@ -350,6 +424,8 @@ class Trainer:
         def _epoch_start(e: Engine) -> None:
             loader.set_epoch(e.state.epoch - 1 + 1000 * index)
             sums.clear()
+            sums.update(pending_sums)
+            pending_sums.clear()
 
         @engine.on(Events.ITERATION_COMPLETED)
         def _accumulate(e: Engine) -> None:
@@ -360,7 +436,7 @@ class Trainer:
             elif bar is not None:
                 bar.update(1)
             if every and e.state.iteration % every == 0 and e.state.iteration % len(loader):
-                self._checkpoint(index, e, optimizer, scheduler, best)
+                self._checkpoint(index, e, optimizer, scheduler, best, sums, scaler)
 
         @engine.on(Events.EPOCH_COMPLETED)
         def _epoch_end(e: Engine) -> None:
@@ -389,7 +465,7 @@ class Trainer:
             self.history.append(row)
             if main:
                 _append_jsonl(self.run_dir / "metrics.jsonl", row)
-            self._checkpoint(index, e, optimizer, scheduler, best)
+            self._checkpoint(index, e, optimizer, scheduler, best, None, scaler)
             if self.on_epoch is not None and main:
                 self.on_epoch(row)
             if bar is not None:
@@ -405,6 +481,8 @@ class Trainer:
                 }
             )
             loader.start_batch = resume["iteration"] % len(loader)
+            if scaler is not None and resume.get("scaler"):
+                scaler.load_state_dict(resume["scaler"])
         try:
             if resume is None or resume["iteration"] < total_iters:
                 engine.run(loader, max_epochs=stage.epochs, epoch_length=len(loader))
@@ -415,8 +493,27 @@ class Trainer:
         self._stage_best = best
 
     def _checkpoint(
-        self, index: int, e: Engine, optimizer: Any, scheduler: Any, best: dict[str, Any]
+        self,
+        index: int,
+        e: Engine,
+        optimizer: Any,
+        scheduler: Any,
+        best: dict[str, Any],
+        sums: dict[str, Tensor] | None = None,
+        scaler: Any = None,
     ) -> None:
+        weights = self.distiller.state_dict()
+        # A finite loss can still leave non-finite weights (an overflowing gradient);
+        # saving them would replace the last good checkpoint with a useless one. Every
+        # rank checks (their weights are equal), so all stop together.
+        for name, value in weights.items():
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise NumericalError(
+                    f"stage {self.stages[index].name!r}, epoch {e.state.epoch}, iteration "
+                    f"{e.state.iteration}: weight {name!r} is not finite; not checkpointed, "
+                    "the last good checkpoint is kept (lower the learning rate or set "
+                    "train.grad_clip)"
+                )
         if self.rank != 0:
             return
         state = {
@@ -427,16 +524,22 @@ class Trainer:
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "best": best,
+            "sums": {k: v.detach().cpu() for k, v in (sums or {}).items()},
+            "elapsed": time.time() - getattr(self, "_started", time.time()),
         }
+        if scaler is not None:
+            state["scaler"] = scaler.state_dict()
         step = index * 10_000_000 + e.state.iteration
-        ckpt.save_checkpoint(self.run_dir / "checkpoints", step, self.distiller.state_dict(), state)
-        # The next stage starts from this one's final weights: mark it done.
-        if e.state.epoch >= self.stages[index].epochs and index + 1 < len(self.stages):
+        ckpt.save_checkpoint(self.run_dir / "checkpoints", step, weights, state)
+        # The next stage starts from this one's final weights: mark it done. Only when
+        # the stage's last iteration is done: a mid-epoch checkpoint of the last epoch
+        # also has epoch == epochs, and marking the stage done there made a resume skip
+        # the rest of it (found by tests/test_crash.py).
+        done = e.state.iteration >= self.stages[index].epochs * len(self.train_loader)
+        if done and index + 1 < len(self.stages):
             nxt = {**state, "stage_index": index + 1, "stage": self.stages[index + 1].name}
-            nxt.update(iteration=0, epoch=0, fresh_stage=True)
-            ckpt.save_checkpoint(
-                self.run_dir / "checkpoints", step + 1, self.distiller.state_dict(), nxt
-            )
+            nxt.update(iteration=0, epoch=0, fresh_stage=True, sums={})
+            ckpt.save_checkpoint(self.run_dir / "checkpoints", step + 1, weights, nxt)
 
     def _finish(self, elapsed: float) -> RunResult:
         if self.rank != 0:  # rank 0 tests and writes; the others return its result

@@ -11,7 +11,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from kdlab.config import OptimizerConfig, ScheduleConfig, Strict, validate
-from kdlab.errors import ConfigError, TapError
+from kdlab.errors import ConfigError, KdlabError, TapError
 from kdlab.registry import Registry
 from kdlab.taps import Tap
 
@@ -140,9 +140,19 @@ class Term(nn.Module):
         raise NotImplementedError
 
     def loss(self, ctx: StepContext, mode: str | None = None) -> Tensor:
-        if mode is None:
-            return self(ctx)
-        return getattr(self, f"loss_{mode}")(ctx)
+        try:
+            if mode is None:
+                return self(ctx)
+            return getattr(self, f"loss_{mode}")(ctx)
+        except (RuntimeError, ValueError, IndexError) as err:
+            if isinstance(err, KdlabError) or not _looks_like_shape_error(err):
+                raise
+            # Taps the recipe chose do not fit this method: say which term and shapes,
+            # instead of a torch traceback from inside the formula.
+            raise TapError(
+                f"term {self.term_name!r} (method {self.method!r}) cannot use its inputs: "
+                f"{str(err).splitlines()[0]}; {_describe_shapes(ctx)}"
+            ) from err
 
     def has_mode(self, mode: str) -> bool:
         return callable(getattr(self, f"loss_{mode}", None))
@@ -160,6 +170,27 @@ class Term(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.term_name!r}, weight={self.weight}"
+
+
+_SHAPE_WORDS = ("size", "shape", "dimension", "mat1", "mat2", "broadcast", "out of range")
+
+
+def _looks_like_shape_error(err: Exception) -> bool:
+    text = str(err).lower()
+    if "out of memory" in text:  # a resource problem, not the recipe's taps
+        return False
+    return any(word in text for word in _SHAPE_WORDS)
+
+
+def _describe_shapes(ctx: StepContext) -> str:
+    def fmt(p: Pass | None) -> str:
+        if p is None:
+            return "none"
+        items = [f"logits {tuple(p.logits.shape)}"]
+        items += [f"{str(t)!r} {tuple(v.shape)}" for t, v in p.features.items()]
+        return ", ".join(items)
+
+    return f"student taps: {fmt(ctx.student)}; teacher taps: {fmt(ctx.teacher)}"
 
 
 def build_term(spec: Mapping[str, Any], where: str = "term") -> Term:

@@ -29,6 +29,8 @@ def register_model(name: str | None = None) -> Callable[[ModelFactory], ModelFac
 
 def create_model(name: str, num_classes: int, in_channels: int = 3, **kwargs: Any) -> nn.Module:
     """Build a registered model, or ``tv:NAME`` / ``timm:NAME`` from those libraries."""
+    if in_channels < 1:
+        raise ModelError(f"model {name!r}: in_channels must be >= 1, got {in_channels}")
     if num_classes < 1:
         raise ModelError(f"model {name!r}: num_classes must be >= 1, got {num_classes}")
     if name.startswith("tv:"):
@@ -38,8 +40,10 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, **kwargs: An
     factory = MODELS.get(name)
     try:
         return factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
-    except TypeError as err:
-        raise ModelError(f"model {name!r}: {err}") from None
+    except (TypeError, ValueError, RuntimeError, IndexError) as err:
+        # Bad student.kwargs / teacher.kwargs (a negative width, dropout 2) reach torch's
+        # layer constructors; name the model and its kwargs instead of a torch traceback.
+        raise ModelError(f"model {name!r} with kwargs {kwargs}: {err}") from err
 
 
 def _torchvision_model(name: str, num_classes: int, in_channels: int, **kwargs: Any) -> nn.Module:

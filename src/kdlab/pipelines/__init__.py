@@ -1,0 +1,1 @@
+"""Pipelines: multi-run procedures built from the engine (e.g. data distillation)."""
