@@ -274,3 +274,21 @@ def test_a_changed_protocol_does_not_reuse_stale_runs(ci_bench: Path) -> None:
     proto.spec.epochs = 2
     with pytest.raises(ConfigError, match=r"another config \(train\.epochs: 1 -> 2\)"):
         run_matrix(proto, ci_bench, progress=False)
+
+
+def test_recipes_folder_with_exclusions(tmp_path: Path) -> None:
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    for name in ("a", "b", "_scratch"):
+        (folder / f"{name}.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "student": {"name": "cnn_small"},
+                    "teacher": {"name": "cnn_medium"},
+                    "distill": {"terms": [{"method": "kd"}]},
+                }
+            )
+        )
+    (folder / "teacher.yaml").write_text(yaml.safe_dump({"student": {"name": "cnn_medium"}}))
+    proto = load_protocol(_write_protocol(tmp_path / "p.yaml", recipes="recipes", exclude=["b"]))
+    assert list(proto.methods) == ["a", "kd"]  # no teacher recipe, no '_' file, no 'b'

@@ -24,6 +24,7 @@ user-defined protocol. Format::
     recipes: configs/digits            # optional: every recipe here with a teacher is
                                        # a method named after its file stem (files
                                        # starting with '_' are skipped)
+    exclude: [cqd]                     # recipes in that folder to leave out
 
 Relative paths are looked up next to the protocol file first, then in the current
 folder. ``vanilla`` (the student alone, cross-entropy only) is always part of the
@@ -77,6 +78,9 @@ class ProtocolSpec(Strict):
     pairs: list[PairSpec] = Field(min_length=1)
     methods: dict[str, str | dict[str, Any]] = Field(default_factory=dict)
     recipes: str | None = None
+    exclude: list[str] = Field(
+        default_factory=list, description="recipe names in 'recipes' to leave out"
+    )
     reference_note: str = ""
 
 
@@ -174,8 +178,8 @@ def load_protocol(
         )
     if folder is not None:
         for recipe in sorted(folder.glob("*.yaml")):
-            if recipe.name.startswith(("_", ".")):  # private / scratch files
-                continue
+            if recipe.name.startswith(("_", ".")) or recipe.stem in spec.exclude:
+                continue  # private / scratch files, or left out by the protocol
             data = read_yaml(recipe)
             if data.get("teacher") and (data.get("distill") or {}).get("terms"):
                 found[recipe.stem] = data["distill"]
