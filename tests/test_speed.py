@@ -77,7 +77,7 @@ def test_teacher_features_are_constants_with_version_checks() -> None:
     t_pass = d._teacher_pass(x, False)
     feat = t_pass.features[next(iter(t_pass.features))]
     assert not feat.is_inference() and not feat.requires_grad
-    # the in-place check works on teacher taps too (no inference tensors)
+    # the in-place check catches teacher taps too (at the shape probe)
     teacher = create_model("cnn_medium", 10, 1)
     teacher.stages[1].relu = nn.ReLU(inplace=True)
     term = _FeatMSE(_FeatParams(method="feat", name="feat", teacher=["stages.1.bn"]))
