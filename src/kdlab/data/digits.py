@@ -10,20 +10,26 @@ from kdlab.data import DATASETS
 from kdlab.data.base import DataBundle, TensorSplit, standardize, stratified_split
 
 
-@DATASETS.register("digits")
-def digits(cfg: DataConfig) -> DataBundle:
-    """Deterministic stratified train/val/test splits (``split_seed``), standardised
-    with the training split's mean and standard deviation."""
+def load_digits_arrays() -> tuple[torch.Tensor, np.ndarray]:
+    """All digits: inputs (N, 1, 8, 8) in [0, 1] and integer labels."""
     from sklearn.datasets import load_digits  # noqa: PLC0415 - heavy import
 
     raw = load_digits()
-    x = raw.images.astype(np.float32)[:, None] / 16.0
-    y = raw.target.astype(np.int64)
-    rest, test = stratified_split(y, cfg.test_fraction, cfg.split_seed)
-    train, val = stratified_split(y[rest], cfg.val_fraction, cfg.split_seed + 1)
-    train, val = rest[train], rest[val]
-    xt = torch.from_numpy(x)
-    x_train, x_val, x_test = xt[train], xt[val], xt[test]
+    x = torch.from_numpy(raw.images.astype(np.float32)[:, None] / 16.0)
+    return x, raw.target.astype(np.int64)
+
+
+def digits_bundle(
+    cfg: DataConfig,
+    x: torch.Tensor,
+    y: np.ndarray,
+    splits: tuple[np.ndarray, np.ndarray, np.ndarray],
+    name: str,
+    extra: dict[str, object] | None = None,
+) -> DataBundle:
+    """A bundle from index arrays ``(train, val, test)``, standardised on train."""
+    train, val, test = splits
+    x_train, x_val, x_test = x[train], x[val], x[test]
     if cfg.normalize:
         x_train, x_val, x_test = standardize(x_train, x_val, x_test)
     yt = torch.from_numpy(y)
@@ -34,5 +40,16 @@ def digits(cfg: DataConfig) -> DataBundle:
         num_classes=10,
         in_channels=1,
         image_size=(8, 8),
-        name="digits",
+        name=name,
+        extra=extra or {},
     )
+
+
+@DATASETS.register("digits")
+def digits(cfg: DataConfig) -> DataBundle:
+    """Deterministic stratified train/val/test splits (``split_seed``), standardised
+    with the training split's mean and standard deviation."""
+    x, y = load_digits_arrays()
+    rest, test = stratified_split(y, cfg.test_fraction, cfg.split_seed)
+    train, val = stratified_split(y[rest], cfg.val_fraction, cfg.split_seed + 1)
+    return digits_bundle(cfg, x, y, (rest[train], rest[val], test), "digits")
