@@ -22,6 +22,7 @@ split is a stratified ``labelled_fraction`` of the training split, fixed by
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -280,14 +281,4 @@ def _batches(n: int, batch_size: int) -> int:
 
 
 def _with_train(bundle: DataBundle, train_split: TensorSplit) -> DataBundle:
-    return DataBundle(
-        train=train_split,
-        val=bundle.val,
-        test=bundle.test,
-        num_classes=bundle.num_classes,
-        in_channels=bundle.in_channels,
-        image_size=bundle.image_size,
-        name=bundle.name,
-        extra=dict(bundle.extra),
-    )
-
+    return dataclasses.replace(bundle, train=train_split, extra=dict(bundle.extra))

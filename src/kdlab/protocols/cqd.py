@@ -79,7 +79,10 @@ def run(args: argparse.Namespace) -> int:
     teacher_res = train(tcfg, run_dir=out / "teacher", bundle=clean)
     teacher_dir = Path(teacher_res.run_dir)
     teacher = load_model(
-        tcfg.student.name, tcfg.student.kwargs, str(teacher_dir), clean.num_classes,
+        tcfg.student.name,
+        tcfg.student.kwargs,
+        str(teacher_dir),
+        clean.num_classes,
         clean.in_channels,
     )
     print(f"teacher: clean test {teacher_res.test_acc_best:.2f}%", file=sys.stderr)
@@ -113,9 +116,9 @@ def run(args: argparse.Namespace) -> int:
                 cfg.distill.views = {"degraded": spec}
                 if arm == "labels only":
                     cfg.teacher = None
-                    cfg.distill.terms = [
-                        t for t in base.distill.terms if t["method"] == "ce"
-                    ] or [{"method": "ce", "student_view": "degraded"}]
+                    cfg.distill.terms = [t for t in base.distill.terms if t["method"] == "ce"] or [
+                        {"method": "ce", "student_view": "degraded"}
+                    ]
                 else:
                     cfg.teacher = base.teacher.model_copy(update={"checkpoint": str(teacher_dir)})
                 res = train(cfg, run_dir=out / slug / cfg.name, bundle=degraded)
@@ -147,12 +150,18 @@ def run(args: argparse.Namespace) -> int:
                 ]
             )
     cqd_term = next(t for t in base.distill.terms if t["method"] == "cqd")
-    cmd = _common.command("cqd", args, ['degradations', 'teacher-epochs'])
+    cmd = _common.command("cqd", args, ["degradations", "teacher-epochs"])
     _common.save_table(
         out,
         f"Cross quality distillation on digits ({len(args.seeds)} seeds)",
-        ["degradation", "arm", "val acc (%)", "test acc, best val (%)", "test acc, last (%)",
-         "paired gain (points)"],
+        [
+            "degradation",
+            "arm",
+            "val acc (%)",
+            "test acc, best val (%)",
+            "test acc, last (%)",
+            "paired gain (points)",
+        ],
         rows,
         records,
         notes=[

@@ -29,6 +29,7 @@ resumes where it stopped.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -153,15 +154,8 @@ def repeat_to(split: TensorSplit, minimum: int) -> TensorSplit:
 def fewshot_bundle(full: DataBundle, n: int, seed: int, epoch_samples: int) -> DataBundle:
     """``n`` training samples per class drawn with ``seed``; val and test unchanged."""
     train = repeat_to(take_per_class(full.train, n, seed=seed), epoch_samples)
-    return DataBundle(
-        train=train,
-        val=full.val,
-        test=full.test,
-        num_classes=full.num_classes,
-        in_channels=full.in_channels,
-        image_size=full.image_size,
-        name=full.name,
-        extra={**full.extra, "per_class": n, "subset_seed": seed},
+    return dataclasses.replace(
+        full, train=train, extra={**full.extra, "per_class": n, "subset_seed": seed}
     )
 
 

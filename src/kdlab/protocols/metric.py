@@ -215,13 +215,18 @@ def run(args: argparse.Namespace) -> int:
                 "-" if extra is None else _common.paired_gain(r1, base_acc),
             ]
         )
-    cmd = _common.command("metric", args, ['teacher-epochs'])
+    cmd = _common.command("metric", args, ["teacher-epochs"])
     classes = base.data.options.get("train_classes", [0, 1, 2, 3, 4])
     _common.save_table(
         out,
         f"DarkRank on digits: retrieval over unseen classes ({len(args.seeds)} seeds)",
-        ["model", "Recall@1 (%), best val", "Recall@5 (%), best val", "Recall@1 (%), last",
-         "paired R@1 gain (points)"],
+        [
+            "model",
+            "Recall@1 (%), best val",
+            "Recall@5 (%), best val",
+            "Recall@1 (%), last",
+            "paired R@1 gain (points)",
+        ],
         rows,
         records,
         notes=[

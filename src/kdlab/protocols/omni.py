@@ -73,8 +73,10 @@ def run(args: argparse.Namespace) -> int:
     base = [r["test_acc_best"] for r in records if r["arm"] == "supervised only"]
     for arm in ("supervised only", "data distillation"):
         rs = [r for r in records if r["arm"] == arm]
-        gain = "-" if arm == "supervised only" else _common.paired_gain(
-            [r["test_acc_best"] for r in rs], base
+        gain = (
+            "-"
+            if arm == "supervised only"
+            else _common.paired_gain([r["test_acc_best"] for r in rs], base)
         )
         pseudo = [r["pseudo_acc"] for r in rs if r["pseudo_acc"] is not None]
         rows.append(
@@ -87,13 +89,19 @@ def run(args: argparse.Namespace) -> int:
                 fmt_mean_std(pseudo) if pseudo else "-",
             ]
         )
-    cmd = _common.command("omni", args, ['threshold'])
+    cmd = _common.command("omni", args, ["threshold"])
     _common.save_table(
         out,
         f"Data distillation on digits, {cfg.labelled_fraction:.0%} labelled "
         f"({len(args.seeds)} seeds)",
-        ["arm", "train samples (mean)", "test acc, best val (%)", "test acc, last (%)",
-         "paired gain (points)", "pseudo-label acc (%)"],
+        [
+            "arm",
+            "train samples (mean)",
+            "test acc, best val (%)",
+            "test acc, last (%)",
+            "paired gain (points)",
+            "pseudo-label acc (%)",
+        ],
         rows,
         records,
         notes=[
