@@ -35,12 +35,11 @@ stage's residual branch (RepDistiller's ``get_bn_before_relu``); ``conv2`` (1280
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from kdlab.models import register_model
+from kdlab.models._init import reference_init
 
 # (expansion, channels, repeats, first stride); expansion None = the model's ratio
 _SETTING: tuple[tuple[int | None, int, int, int], ...] = (
@@ -113,16 +112,7 @@ class MobileNetV2(nn.Module):
         self.conv2 = _conv_bn_relu(cin, self.last_channel, 1, 1)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Linear(self.last_channel, num_classes))
-        for m in self.modules():  # the reference initialisation
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        reference_init(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv1(x)

@@ -30,13 +30,13 @@ Useful taps (32x32 input):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from kdlab.models import register_model
+from kdlab.models._init import reference_init
 
 _WIDTHS = (64, 128, 256, 512, 512)
 _CONVS = {
@@ -73,17 +73,7 @@ class CifarVGG(nn.Module):
         self.pool3 = nn.MaxPool2d(2, 2)
         self.pool4 = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(cin, num_classes)
-        for m in self.modules():  # the reference initialisation
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        reference_init(self)
 
     def forward(self, x: Tensor) -> Tensor:
         big = x.shape[2] >= 64
