@@ -43,17 +43,18 @@ def resolve_stages(cfg: RunConfig, distiller: Distiller) -> list[Stage]:
     if MAIN in names or len(set(names)) != len(names):
         raise ConfigError(f"stage names must be unique and not {MAIN!r}: {names}")
     cap = cfg.train.pre_stage_epochs
+    lengths = [s.resolved_epochs(cfg.train.epochs) if cap is None else cap for s in pre]
     stages = [
         Stage(
             name=s.name,
-            epochs=s.epochs if cap is None else cap,
+            epochs=n,
             losses=dict(s.losses),
             train=list(s.train),
             optimizer=s.optimizer or cfg.train.optimizer,
             schedule=s.schedule,
         )
-        for s in pre
-        if (s.epochs if cap is None else cap) > 0
+        for s, n in zip(pre, lengths)
+        if n > 0
     ]
     frozen = [
         f"terms.{name}.{sub}"

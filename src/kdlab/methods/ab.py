@@ -9,7 +9,7 @@ from kdlab.adapters import Connector
 from kdlab.errors import ConfigError
 from kdlab.functional.features import activation_boundary_loss
 from kdlab.methods._features import FeatureParams, probed_pairs, stage_name
-from kdlab.methods.base import Shapes, StageConfig, StepContext, Term
+from kdlab.methods.base import Shapes, StageConfig, StepContext, Term, pre_stage_length
 
 
 class ABParams(FeatureParams):
@@ -17,7 +17,9 @@ class ABParams(FeatureParams):
     layer_weights: list[float] | None = Field(
         None, description="per-pair weights (default 1 each; RepDistiller: 2^(i-n+1))"
     )
-    init_epochs: int = Field(30, ge=0, description="epochs of the initialisation stage (0: none)")
+    init_epochs: int | None = Field(
+        None, ge=0, description="init stage epochs (0: none); default: 1/8 of train.epochs"
+    )
     main_stage: bool = Field(False, description="also add the AB loss to the main stage")
 
     @model_validator(mode="after")
@@ -84,7 +86,7 @@ class ActivationBoundaries(Term):
         return [
             StageConfig(
                 name=stage_name(self, "ab_init"),
-                epochs=self.params.init_epochs,
+                **pre_stage_length(self.params.init_epochs),
                 losses={self.term_name: self.weight},
                 train=["student", f"terms.{self.term_name}"],
             )

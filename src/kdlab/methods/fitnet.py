@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from kdlab.adapters import ConvRegressor
 from kdlab.functional.features import hint_loss
 from kdlab.methods._features import FeatureParams, probed_pairs, stage_name
-from kdlab.methods.base import Shapes, StageConfig, StepContext, Term
+from kdlab.methods.base import Shapes, StageConfig, StepContext, Term, pre_stage_length
 
 
 class FitNetParams(FeatureParams):
@@ -24,7 +24,9 @@ class FitNetParams(FeatureParams):
     reduction: Literal["paper", "mean"] = Field(
         "mean", description="'mean': MSE mean (default); 'paper': 1/2 sum over C*H*W"
     )
-    hint_epochs: int = Field(30, ge=0, description="epochs of the hint stage (0: none)")
+    hint_epochs: int | None = Field(
+        None, ge=0, description="hint stage epochs (0: none); default: 1/8 of train.epochs"
+    )
     hint_weight: float = Field(1.0, gt=0.0, description="loss weight inside the hint stage")
     main_stage: bool = Field(
         False, description="also add the hint loss to the main stage (RepDistiller style)"
@@ -92,7 +94,7 @@ class FitNet(Term):
         return [
             StageConfig(
                 name=stage_name(self, "hint"),
-                epochs=self.params.hint_epochs,
+                **pre_stage_length(self.params.hint_epochs),
                 losses={self.term_name: self.params.hint_weight},
                 train=["student", f"terms.{self.term_name}"],
             )

@@ -11,7 +11,7 @@ from kdlab.adapters import ConvRegressor
 from kdlab.errors import ConfigError, TapError
 from kdlab.functional.features import fsp_loss, fsp_matrix
 from kdlab.methods._features import FeatureParams, probed_pairs, require_maps, stage_name
-from kdlab.methods.base import Shapes, StageConfig, StepContext, Term
+from kdlab.methods.base import Shapes, StageConfig, StepContext, Term, pre_stage_length
 
 
 class FSPParams(FeatureParams):
@@ -21,7 +21,9 @@ class FSPParams(FeatureParams):
     reduction: Literal["paper", "mean"] = Field(
         "mean", description="'mean' over the C1 x C2 entries (default); 'paper': their sum"
     )
-    init_epochs: int = Field(30, ge=0, description="epochs of the FSP stage (0: none)")
+    init_epochs: int | None = Field(
+        None, ge=0, description="FSP stage epochs (0: none); default: 1/8 of train.epochs"
+    )
     main_stage: bool = Field(False, description="also add the FSP loss to the main stage")
 
     @model_validator(mode="after")
@@ -101,7 +103,7 @@ class FlowOfSolutionProcedure(Term):
         return [
             StageConfig(
                 name=stage_name(self, "fsp_init"),
-                epochs=self.params.init_epochs,
+                **pre_stage_length(self.params.init_epochs),
                 losses={self.term_name: self.weight},
                 train=["student", f"terms.{self.term_name}"],
             )

@@ -13,7 +13,7 @@ from kdlab.config import OptimizerConfig
 from kdlab.errors import ConfigError
 from kdlab.functional.features import factor_transfer, reconstruction_loss
 from kdlab.methods._features import FeatureParams, probed_pairs, require_maps, stage_name
-from kdlab.methods.base import Shapes, StageConfig, StepContext, Term
+from kdlab.methods.base import Shapes, StageConfig, StepContext, Term, pre_stage_length
 
 
 class FTParams(FeatureParams):
@@ -23,7 +23,9 @@ class FTParams(FeatureParams):
         "mean", description="'mean' over elements (authors' code) or the per-sample p-norm"
     )
     bn: bool = Field(True, description="BN in paraphraser and translator (authors' code)")
-    paraphraser_epochs: int = Field(30, ge=0, description="paraphraser pre-training (0: none)")
+    paraphraser_epochs: int | None = Field(
+        None, ge=0, description="paraphraser epochs (0: none); default: 1/8 of train.epochs"
+    )
     paraphraser_lr: float = Field(0.01, gt=0.0, description="its SGD learning rate")
 
 
@@ -98,7 +100,7 @@ class FactorTransfer(Term):
         return [
             StageConfig(
                 name=stage_name(self, "paraphraser"),
-                epochs=self.params.paraphraser_epochs,
+                **pre_stage_length(self.params.paraphraser_epochs),
                 losses={f"{self.term_name}.reconstruction": 1.0},
                 train=[f"terms.{self.term_name}.paraphraser"],
                 optimizer=OptimizerConfig(lr=self.params.paraphraser_lr),
