@@ -3,7 +3,8 @@
 Numbers are honest about what they are: test accuracy of the epoch selected on the
 validation split (``best-val``) and of the last epoch side by side, mean +- sample
 standard deviation over seeds, the number of seeds, and the gain over the vanilla
-student computed seed by seed (same seed, same data order) before averaging.
+student computed seed by seed (same seed, same data order) before averaging, with the
+95% Student-t interval of that mean gain, and the mean wall time of one run.
 """
 
 from __future__ import annotations
@@ -70,6 +71,26 @@ def _fmt(values: list[float], signed: bool = False) -> str:
     return f"{sign}{m:.2f} +- {s:.2f}"
 
 
+def mean_interval(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """Student-t confidence interval of the mean (None under two values).
+
+    For paired gains (method minus vanilla, seed by seed): an interval entirely below
+    zero says the method hurts the student at that confidence.
+    """
+    if len(values) < 2:
+        return None
+    from scipy.stats import t  # noqa: PLC0415 - scikit-learn's dependency, slow import
+
+    m, s = mean_std(values)
+    half = float(t.ppf(0.5 + level / 2, len(values) - 1)) * s / math.sqrt(len(values))
+    return m - half, m + half
+
+
+def _fmt_interval(values: list[float]) -> str:
+    ci = mean_interval(values)
+    return "-" if ci is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
+
+
 def summary_tables(proto: Protocol, rows: list[dict[str, Any]]) -> str:
     """Markdown: one table per pair, methods as rows."""
     by: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -87,7 +108,9 @@ def summary_tables(proto: Protocol, rows: list[dict[str, Any]]) -> str:
             "test acc, best-val epoch",
             "test acc, last epoch",
             "gain (best-val)",
+            "gain 95% CI",
             "gain (last)",
+            "time/run (s)",
         ]
         if any_ref:
             headers.append("published (last, 1 run)")
@@ -104,7 +127,9 @@ def summary_tables(proto: Protocol, rows: list[dict[str, Any]]) -> str:
                 _fmt([r["test_acc_best"] for r in group]),
                 _fmt([r["test_acc_last"] for r in group]),
                 _fmt(gb, signed=True),
+                _fmt_interval(gb),
                 _fmt(gl, signed=True),
+                f"{sum(float(r['wall_time_s']) for r in group) / len(group):.0f}",
             ]
             if any_ref:
                 ref_key = "student" if m == VANILLA else m
