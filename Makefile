@@ -17,10 +17,12 @@ demo: $(STAMP)
 	$(VENV)/bin/kdlab demo
 
 test: $(STAMP)
+	-scripts/fashion-data.sh
 	$(VENV)/bin/ruff check src tests $(wildcard benchmarks)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
+	-scripts/fashion-data.sh
 	$(VENV)/bin/kdlab bench digits
 
 clean:

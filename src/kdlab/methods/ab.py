@@ -44,7 +44,8 @@ class ActivationBoundaries(Term):
     (``rho(t) = 1[t > 0]``, margin ``mu`` = 1) pushes student neurons to fire (>= mu)
     where the teacher's fire and to stay off (<= -mu) where they do not.
 
-    Stages: "ab_init" (``init_epochs``, default 30 as in the reference protocol) trains
+    Stages: "ab_init" (``init_epochs``, default 1/8 of ``train.epochs``, the reference
+    protocol's 30 of 240) trains
     the student and the connectors on this loss alone; then the main stage runs the
     recipe's other terms (CE, or CE + KD) and the connectors are dropped.
 

@@ -38,7 +38,8 @@ class FitNet(Term):
 
     Hint loss: ``1/2 ||u_h(x) - r(v_g(x))||^2`` with ``u_h`` the teacher's hint layer,
     ``v_g`` the student's guided layer and ``r`` a conv regressor, averaged over the
-    batch. Stage "hint" (``hint_epochs``, default 30, the reference protocol's
+    batch. Stage "hint" (``hint_epochs``, default 1/8 of ``train.epochs``, the reference
+    protocol's 30 of 240
     initialisation length; the paper trains it to convergence) trains the student and
     the regressor on the hint loss alone; student layers after the guided layer get no
     gradient, so the optimiser leaves them untouched. The main stage then trains the

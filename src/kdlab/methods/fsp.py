@@ -44,7 +44,8 @@ class FlowOfSolutionProcedure(Term):
     layer3]`` gives each stage's input/output "flow", as in the paper). Loss, summed over
     pairs: ``mean_n ||G_T - G_S||_2^2`` (equal pair weights as in the paper).
 
-    Stages: "fsp_init" (``init_epochs``, default 30, the reference protocol) trains the
+    Stages: "fsp_init" (``init_epochs``, default 1/8 of ``train.epochs``, the reference
+    protocol's 30 of 240) trains the
     student on the FSP loss alone; then the main stage trains on the recipe's other
     terms (the paper: CE). Default weight 50 (reference protocol).
 

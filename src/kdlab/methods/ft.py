@@ -32,7 +32,8 @@ class FTParams(FeatureParams):
 class FactorTransfer(Term):
     """Factor transfer (arXiv:1802.04977) on one teacher/student map pair.
 
-    Stage "paraphraser" (``paraphraser_epochs``, default 30 at lr 0.01, the reference
+    Stage "paraphraser" (``paraphraser_epochs``, default 1/8 of ``train.epochs`` at lr 0.01, the
+    reference
     protocol) trains only the paraphraser ``P`` (a conv auto-encoder, rate k = 0.5) to
     reconstruct the teacher map: loss mode ``reconstruction``, ``||x - P(x)||^2`` as a
     mean. The main stage trains the student and the translator with
