@@ -130,10 +130,17 @@ def test_method_from_recipe_file_uses_its_distill_section(tmp_path: Path) -> Non
 # ------------------------------------------------------------------ report values
 
 
-def _record(pair: str, method: str, kind: str, seed: int, best: float, last: float) -> RunRecord:
+def _record(
+    pair: str, method: str, kind: str, seed: int, best: float, last: float, wall: float = 0.0
+) -> RunRecord:
     cfg = load_config({"name": "r", "student": {"name": "cnn_small"}})
     spec = RunSpec(kind, pair, method, seed, cfg, Path(f"/x/{method}/{seed}"))
-    res = {"test_acc_best": best, "test_acc_last": last, "selection": "best-val"}
+    res = {
+        "test_acc_best": best,
+        "test_acc_last": last,
+        "selection": "best-val",
+        "wall_time_s": wall,
+    }
     return RunRecord(spec=spec, results=res)
 
 
@@ -143,10 +150,10 @@ def test_gain_is_per_seed_and_table_shows_mean_std(tmp_path: Path) -> None:
     recs = [
         _record(pair, "teacher", "teacher", 0, 98.0, 97.0),
         _record(pair, "vanilla", "vanilla", 0, 90.0, 89.0),
-        _record(pair, "kd", "method", 0, 93.0, 91.0),
+        _record(pair, "kd", "method", 0, 93.0, 91.0, wall=10.0),
         _record(pair, "teacher", "teacher", 1, 98.0, 97.0),
         _record(pair, "vanilla", "vanilla", 1, 80.0, 79.0),
-        _record(pair, "kd", "method", 1, 82.0, 82.0),
+        _record(pair, "kd", "method", 1, 82.0, 82.0, wall=14.0),
     ]
     rows = run_rows(recs)
     kd = [r for r in rows if r["method"] == "kd"]
@@ -157,13 +164,17 @@ def test_gain_is_per_seed_and_table_shows_mean_std(tmp_path: Path) -> None:
     kd_line = [line for line in table.splitlines() if line.startswith("| kd ")][0]
     cells = [c.strip() for c in kd_line.strip("|").split("|")]
     sd = math.sqrt(0.5)  # sample std of (3, 2) and of (2, 3)
+    # Student-t with 1 degree of freedom is Cauchy: its 0.975 quantile is tan(0.475 pi).
+    half = math.tan(0.475 * math.pi) * sd / math.sqrt(2)
     assert cells == [
         "kd",
         "2",
         f"87.50 +- {math.sqrt(60.5):.2f}",
         f"86.50 +- {math.sqrt(40.5):.2f}",
         f"+2.50 +- {sd:.2f}",
+        f"[{2.5 - half:+.2f}, {2.5 + half:+.2f}]",
         f"+2.50 +- {sd:.2f}",
+        "12",
     ]
     paths = write_report(proto, recs, tmp_path / "rep", plots=False)
     assert "| kd " in paths["table"].read_text()

@@ -475,7 +475,9 @@ def test_pre_stages_are_well_formed(method: str) -> None:
     assert [s.name for s in stages] == expected.get(method, [])
     assert term.in_main_stage == (method in ("at", "nst", "ft"))
     for stage in stages:
-        assert stage.epochs == 30
+        # No fixed length: 1/8 of the main stage, RepDistiller's 30 of 240 epochs.
+        assert stage.epochs is None and stage.fraction == 0.125
+        assert stage.resolved_epochs(240) == 30 and stage.resolved_epochs(4) == 1
         plan = d.loss_plan(stage.losses)  # raises on unknown terms or loss modes
         assert [t.term_name for t, _m, _w in plan] == [method]
         for path in stage.train:
