@@ -110,7 +110,7 @@ def test_prestage_trains_only_what_it_names(tmp_path: Path, digits_teacher: Path
     from kdlab.engine import Trainer  # noqa: PLC0415
 
     trainer = Trainer(cfg)
-    trainer.run_dir.mkdir(parents=True)
+    trainer.run_dir.create()
     before = {k: v.clone() for k, v in trainer.distiller.student.state_dict().items()}
     assert [s.name for s in trainer.stages] == ["head", "main"]
     trainer._run_stage(0, trainer.stages[0], None)
@@ -120,5 +120,5 @@ def test_prestage_trains_only_what_it_names(tmp_path: Path, digits_teacher: Path
         k.startswith("fc.") or "running" in k or "num_batches" in k for k in changed
     )
     assert any(k.startswith("fc.") for k in changed)
-    rows = [json.loads(x) for x in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = trainer.run_dir.read_metrics()
     assert rows[-1]["stage"] == "head" and "train_kd" in rows[-1] and "train_ce" not in rows[-1]

@@ -27,6 +27,7 @@ from kdlab.errors import (
     KdlabError,
     ModelError,
     RegistryError,
+    RunFolderError,
     TapError,
 )
 from kdlab.methods import StepContext, Term, TermParams, build_terms
@@ -158,7 +159,7 @@ def test_bad_device_and_model_kwargs(tmp_path: Path) -> None:
 def test_run_folder_that_cannot_be_created(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("in the way")
     trainer = Trainer(_cfg({}), run_dir=tmp_path / "file" / "run")
-    with pytest.raises(ConfigError, match="run folder .* cannot be created"):
+    with pytest.raises(RunFolderError, match="run folder .* cannot be created"):
         trainer.run()
 
 

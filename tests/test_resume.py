@@ -8,6 +8,7 @@ first checkpoint) is tested every time. tests/test_crash.py does the same with S
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -217,3 +218,12 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path: Path, monkeypatch: An
         ckpt.atomic_write_text(target, "new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temp file left
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        ckpt.atomic_write_text(tmp_path / "a.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644

@@ -243,13 +243,16 @@ def _list_index(node: list[Any], key: str, path: list[str]) -> int:
         ) from None
 
 
-def load_config(
+def load_recipe(
     source: str | Path | dict[str, Any], overrides: typing.Iterable[str] = ()
 ) -> RunConfig:
     """Load a recipe from a YAML file or a dict, apply overrides, validate."""
     data = read_yaml(source) if isinstance(source, (str, Path)) else copy.deepcopy(source)
     data = apply_overrides(data, overrides)
     return validate(RunConfig, data)
+
+
+load_config = load_recipe  # the name earlier code uses
 
 
 def dump_config(cfg: BaseModel) -> str:

@@ -347,7 +347,9 @@ def run_worker(settings: TuneSettings, n_trials: int | None, timeout: float | No
             if trial.should_prune():
                 raise optuna.TrialPruned(f"epoch {row['epoch']}: val {row[OBJECTIVE]:.2f}")
 
-        result = train(cfg, run_dir=run_dir, bundle=datasets[key], on_epoch=on_epoch)
+        result = train(
+            cfg, run_dir=run_dir, bundle=datasets[key], on_epoch=on_epoch, overwrite=True
+        )
         trial.set_user_attr("best_epoch", result.best_epoch)
         assert result.val_acc is not None
         return float(result.val_acc)

@@ -10,9 +10,7 @@ metrics, checkpoints and the final weights, so any number can be traced back.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -25,7 +23,7 @@ from ignite.engine import Engine, Events
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from kdlab.config import RunConfig, dump_config
+from kdlab.config import RunConfig
 from kdlab.data import DataBundle, build_dataset, make_loader
 from kdlab.data.augment import augment
 from kdlab.data.base import check_bundle
@@ -39,9 +37,8 @@ from kdlab.engine.stages import Stage, resolve_stages, trainable_parameters
 from kdlab.errors import CheckpointError, ConfigError, NumericalError
 from kdlab.methods import build_terms
 from kdlab.models import count_parameters, create_model
+from kdlab.rundir import RunDir
 from kdlab.views import build_views
-
-WEIGHTS = "model.safetensors"  # the selected student weights of a finished run
 
 
 @dataclass
@@ -75,7 +72,7 @@ def load_model(
         return model
     path = Path(checkpoint)
     if path.is_dir():
-        path = path / WEIGHTS
+        path = RunDir(path).weights_path("model")
     state = ckpt.load_weights(path)
     missing, unexpected = _compare_keys(model.state_dict(), state)
     if missing or unexpected:
@@ -96,10 +93,6 @@ def load_model(
 
 def _compare_keys(expected: dict[str, Tensor], got: dict[str, Tensor]) -> tuple[list, list]:
     return sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
-
-
-def run_folder(cfg: RunConfig) -> Path:
-    return Path(cfg.output_dir) / cfg.name
 
 
 def _seed_for(seed: int, stage_index: int, iteration: int, rank: int = 0) -> int:
@@ -129,8 +122,7 @@ def _enable_teacher_cache(cfg: RunConfig, distiller: Distiller, num_samples: int
             f"(crop_padding={aug.crop_padding}, hflip={aug.hflip}) changes it: turn one off"
         )
     views = sorted(
-        {t.params.teacher_view for t in distiller.terms.values() if t.needs_teacher}
-        - {"default"}
+        {t.params.teacher_view for t in distiller.terms.values() if t.needs_teacher} - {"default"}
     )
     if views:
         warnings.warn(
@@ -155,7 +147,7 @@ class Trainer:
         self.cfg = cfg
         self.on_epoch = on_epoch  # called with each epoch's metrics row (on rank 0)
         self.rank, self.world_size = dist.rank(), dist.world_size()
-        self.run_dir = Path(run_dir) if run_dir is not None else run_folder(cfg)
+        self.run_dir = RunDir(run_dir) if run_dir is not None else RunDir.of(cfg)
         self.progress_cb = progress
         tcfg = cfg.train
         if tcfg.threads:
@@ -232,44 +224,48 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ running
-    def run(self, resume: bool = False) -> RunResult:
-        start = time.time()
+    def run(self, resume: bool = False, overwrite: bool = False) -> RunResult:
+        """Train every stage; ``resume`` continues from the newest good checkpoint.
+
+        The run folder is locked for the run; a fresh run refuses a folder that holds
+        a run unless ``overwrite``, a resume refuses a changed recipe, and nothing in
+        the folder changes before those checks (and the checkpoint's) pass.
+        """
         main = self.rank == 0  # only rank 0 writes the run folder
-        if main:
-            try:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as err:  # a file in the way, no permission: the user's path
-                raise ConfigError(
-                    f"run folder {str(self.run_dir)!r} cannot be created: {err}"
-                ) from None
-            ckpt.atomic_write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
-            env = {**environment(self.device), "world_size": self.world_size}
-            ckpt.atomic_write_text(self.run_dir / "env.json", json.dumps(env, indent=2))
+        session = self.run_dir.session(self.cfg, resume, overwrite) if main else None
+        with session or contextlib.nullcontext():
+            dist.barrier()
+            return self._run(resume)
+
+    def _run(self, resume: bool) -> RunResult:
+        start = time.time()
+        main = self.rank == 0
+        rd = self.run_dir
         state = self._resume_state() if resume else None
         self._started = start - (state or {}).get("elapsed", 0.0)
-        metrics = self.run_dir / "metrics.jsonl"
-        if state is None:
-            # A fresh start (also --resume with no checkpoint yet: a run killed before
-            # its first one) must not keep what an earlier attempt left behind.
-            if main:
-                clear_run_artifacts(self.run_dir)
-        else:
-            # Rows of epochs after the checkpoint were written by the killed run and
-            # will be written again by the replay: keep only those the checkpoint
-            # covers (this also drops a last line cut by the kill), so each
-            # (stage, epoch) appears exactly once.
-            self.history = self._rows_before(state, _read_jsonl(metrics))
-            if main:
-                rows = "".join(json.dumps(r) + "\n" for r in self.history)
-                ckpt.atomic_write_text(metrics, rows)
+        if main:
+            if state is None:
+                # A fresh start (also --resume with no checkpoint yet: a run killed before
+                # its first one) must not keep what an earlier attempt left behind.
+                rd.clear()
+            else:
+                # Rows of epochs after the checkpoint were written by the killed run and
+                # will be written again by the replay: keep only those the checkpoint
+                # covers (this also drops a last line cut by the kill), so each
+                # (stage, epoch) appears exactly once.
+                self.history = self._rows_before(state, rd.read_metrics())
+                rd.write_metrics(self.history)
+            rd.write_config(self.cfg)
+            rd.write_env({**environment(self.device), "world_size": self.world_size})
+        elif state is not None:
+            self.history = self._rows_before(state, rd.read_metrics())
         first = state["stage_index"] if state else 0
         for i, stage in enumerate(self.stages):
             if i < first:
                 continue
             fresh = state is None or i != first or state.get("fresh_stage", False)
             self._run_stage(i, stage, None if fresh else state)
-        result = self._finish(time.time() - self._started)
-        return result
+        return self._finish(time.time() - self._started)
 
     def _rows_before(self, state: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict]:
         """The metrics rows of epochs a checkpoint state has completed."""
@@ -287,7 +283,7 @@ class Trainer:
         return kept
 
     def _resume_state(self) -> dict[str, Any] | None:
-        loaded = ckpt.load_latest_checkpoint(self.run_dir / "checkpoints")
+        loaded = self.run_dir.latest_checkpoint()
         if loaded is None:
             return None
         weights, state = loaded
@@ -458,13 +454,11 @@ class Trainer:
                 if stage.is_main and val["acc1"] > best["val_acc"]:
                     best.update(val_acc=val["acc1"], epoch=epoch)
                     if main:
-                        ckpt.save_weights(
-                            self.run_dir / "best.safetensors", distiller.student.state_dict()
-                        )
+                        self.run_dir.save_weights("best", distiller.student.state_dict())
             row["time"] = time.time()
             self.history.append(row)
             if main:
-                _append_jsonl(self.run_dir / "metrics.jsonl", row)
+                self.run_dir.append_metrics(row)
             self._checkpoint(index, e, optimizer, scheduler, best, None, scaler)
             if self.on_epoch is not None and main:
                 self.on_epoch(row)
@@ -530,7 +524,7 @@ class Trainer:
         if scaler is not None:
             state["scaler"] = scaler.state_dict()
         step = index * 10_000_000 + e.state.iteration
-        ckpt.save_checkpoint(self.run_dir / "checkpoints", step, weights, state)
+        self.run_dir.save_checkpoint(step, weights, state)
         # The next stage starts from this one's final weights: mark it done. Only when
         # the stage's last iteration is done: a mid-epoch checkpoint of the last epoch
         # also has epoch == epochs, and marking the stage done there made a resume skip
@@ -539,7 +533,7 @@ class Trainer:
         if done and index + 1 < len(self.stages):
             nxt = {**state, "stage_index": index + 1, "stage": self.stages[index + 1].name}
             nxt.update(iteration=0, epoch=0, fresh_stage=True, sums={})
-            ckpt.save_checkpoint(self.run_dir / "checkpoints", step + 1, weights, nxt)
+            self.run_dir.save_checkpoint(step + 1, weights, nxt)
 
     def _finish(self, elapsed: float) -> RunResult:
         if self.rank != 0:  # rank 0 tests and writes; the others return its result
@@ -549,18 +543,17 @@ class Trainer:
         student = self.distiller.student
         last_weights = {k: v.detach().clone() for k, v in student.state_dict().items()}
         last = evaluate(student, d.test, cfg.data.eval_batch_size, device)
-        best_path = self.run_dir / "best.safetensors"
         main_best = getattr(self, "_stage_best", {"val_acc": -1.0, "epoch": 0})
-        if d.val is not None and best_path.is_file():
-            student.load_state_dict(ckpt.load_weights(best_path))
+        if d.val is not None and self.run_dir.weights_path("best").is_file():
+            student.load_state_dict(self.run_dir.load_weights("best"))
             best = evaluate(student, d.test, cfg.data.eval_batch_size, device)
             selection = "best-val"
         else:
             best, selection = last, "last"
             main_best = {"val_acc": None, "epoch": cfg.train.epochs}
-        ckpt.save_weights(self.run_dir / WEIGHTS, student.state_dict())
+        self.run_dir.save_weights("model", student.state_dict())
         student.load_state_dict(last_weights)
-        ckpt.save_weights(self.run_dir / "last.safetensors", last_weights)
+        self.run_dir.save_weights("last", last_weights)
         result = RunResult(
             run_dir=str(self.run_dir),
             selection=selection,
@@ -574,71 +567,35 @@ class Trainer:
             wall_time_s=elapsed,
             history=self.history,
         )
-        ckpt.atomic_write_text(
-            self.run_dir / "results.json", json.dumps(result.to_json(), indent=2)
-        )
+        self.run_dir.write_results(result.to_json())
         dist.broadcast_json(asdict(result))
         return result
 
 
-RUN_ARTIFACTS = (
-    "checkpoints",
-    "metrics.jsonl",
-    "best.safetensors",
-    "last.safetensors",
-    WEIGHTS,
-    "results.json",
-)
-
-
-def clear_run_artifacts(run_dir: Path) -> None:
-    """Remove what an earlier run left in ``run_dir``, so a fresh run never mixes in
-    its checkpoints or best weights."""
-    for name in RUN_ARTIFACTS:
-        path = run_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-
-
-def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue  # a line cut by a kill
-    return rows
-
-
 def train(
     cfg: RunConfig,
-    run_dir: str | Path | None = None,
+    run_dir: str | Path | RunDir | None = None,
     resume: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
     bundle: DataBundle | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    overwrite: bool = False,
 ) -> RunResult:
     """Train the recipe ``cfg`` in ``run_dir`` (default ``output_dir/name``).
 
     Args:
-        resume: continue from the newest good checkpoint in the run folder.
+        resume: continue from the newest good checkpoint in the run folder (the recipe
+            must keep its fingerprint: see :mod:`kdlab.rundir`).
         progress: called as ``progress(stage, iteration, total)`` after every step
             (replaces the per-epoch printout).
         bundle: an already built dataset (skips ``build_dataset``; e.g. for pipelines).
         on_epoch: called with each epoch's metrics row (``stage``, ``epoch``,
             ``val_acc1``, ...) after it is logged; e.g. to report to a tuner's pruner.
+        overwrite: a fresh run may replace a run already in the folder.
     """
-    trainer = Trainer(cfg, Path(run_dir) if run_dir else None, progress, bundle, on_epoch)
-    return trainer.run(resume=resume)
+    where = Path(run_dir) if run_dir is not None else None
+    trainer = Trainer(cfg, where, progress, bundle, on_epoch)
+    return trainer.run(resume=resume, overwrite=overwrite)
 
 
 def is_finite_number(x: float | None) -> bool:
