@@ -152,7 +152,7 @@ def run_demo(
     runs: list[tuple[str, int]] = [(m, s) for m in names for s in range(seeds)]
     bar = tqdm(total=len(runs) + 1, desc="demo", disable=not show_progress, dynamic_ncols=True)
     bar.set_postfix_str("teacher")
-    teacher_result = train(teacher_cfg)
+    teacher_result = train(teacher_cfg, overwrite=True)
     bar.update(1)
 
     rows: dict[str, DemoRow] = {m: DemoRow(m, []) for m in names}
@@ -169,7 +169,7 @@ def run_demo(
         }
         if method != "vanilla":
             recipe["teacher"] = {"name": teacher, "checkpoint": str(out / "teacher")}
-        rows[method].results.append(train(load_config(recipe)))
+        rows[method].results.append(train(load_config(recipe), overwrite=True))
         bar.update(1)
     bar.close()
     wall = time.time() - start

@@ -231,7 +231,9 @@ def run_data_distillation(
     if cfg.supervised_epochs is not None:
         first.train.epochs = cfg.supervised_epochs
     sup_bundle = _with_train(data, labelled)
-    supervised = train(first, run_dir=out_dir / "supervised", bundle=sup_bundle, progress=progress)
+    supervised = train(
+        first, run_dir=out_dir / "supervised", bundle=sup_bundle, progress=progress, overwrite=True
+    )
     model = load_model(
         first.student.name,
         first.student.kwargs,
@@ -263,7 +265,11 @@ def run_data_distillation(
         per_epoch = _batches(len(merged), second.data.batch_size)
         second.train.epochs = max(second.train.epochs, math.ceil(steps_first / per_epoch))
     distilled = train(
-        second, run_dir=out_dir / "distilled", bundle=_with_train(data, merged), progress=progress
+        second,
+        run_dir=out_dir / "distilled",
+        bundle=_with_train(data, merged),
+        progress=progress,
+        overwrite=True,
     )
     return DataDistillationResult(
         supervised=supervised,

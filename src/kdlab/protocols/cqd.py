@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     tcfg.distill.terms, tcfg.distill.views, tcfg.distill.stages = [{"method": "ce"}], {}, []
     if args.teacher_epochs:
         tcfg.train.epochs = args.teacher_epochs
-    teacher_res = train(tcfg, run_dir=out / "teacher", bundle=clean)
+    teacher_res = train(tcfg, run_dir=out / "teacher", bundle=clean, overwrite=True)
     teacher_dir = Path(teacher_res.run_dir)
     teacher = load_model(
         tcfg.student.name,
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
                     ]
                 else:
                     cfg.teacher = base.teacher.model_copy(update={"checkpoint": str(teacher_dir)})
-                res = train(cfg, run_dir=out / slug / cfg.name, bundle=degraded)
+                res = train(cfg, run_dir=out / slug / cfg.name, bundle=degraded, overwrite=True)
                 accs.append(res)
                 records.append(
                     {
