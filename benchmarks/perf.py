@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from kdlab import recipes
 from kdlab.bench import load_protocol
 from kdlab.config import load_config
 from kdlab.data import DataBundle, TensorSplit
@@ -182,9 +183,8 @@ def engine_step_ms(
 
 
 def _digits_recipe(method: str) -> dict[str, Any] | None:
-    path = ROOT / "configs" / "digits" / f"{method}.yaml"
-    if path.is_file():
-        return yaml.safe_load(path.read_text()).get("distill")
+    if f"digits/{method}" in recipes.names("digits"):
+        return yaml.safe_load(recipes.find(f"digits/{method}").read_text()).get("distill")
     return None
 
 

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
+from kdlab import recipes
 from kdlab.config import RunConfig, apply_overrides, load_config, read_yaml
 from kdlab.errors import ConfigError, RegistryError
 from kdlab.registry import Registry
 
-ROOT = Path(__file__).resolve().parents[1]
 MINIMAL = {"student": {"name": "cnn_small"}}
 
 
@@ -64,11 +64,26 @@ def test_yaml_errors_name_the_file(tmp_path: Path) -> None:
         read_yaml(evil)
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=str)
-def test_every_shipped_recipe_validates(path: Path) -> None:
-    data = read_yaml(path)
+@pytest.mark.parametrize("name", recipes.names())
+def test_every_shipped_recipe_validates(name: str) -> None:
+    data = read_yaml(recipes.find(name))
     if "student" in data:  # protocol / space files are other formats
-        cfg = load_config(path)
+        cfg = load_config(name)
         from kdlab.methods import build_terms  # noqa: PLC0415
 
         build_terms(cfg.distill.terms)
+
+
+def test_recipes_are_found_by_name_from_any_folder(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the shipped files are found
+    assert recipes.find("digits/kd") == recipes.ROOT / "digits" / "kd.yaml"
+    assert recipes.find("configs/digits/kd.yaml") == recipes.ROOT / "digits" / "kd.yaml"
+    assert recipes.folder("configs/digits") == recipes.ROOT / "digits"
+    assert load_config("digits/kd").teacher is not None
+    assert "cifar100/resnet56-resnet20/kd" in recipes.names("cifar100")
+    with pytest.raises(ConfigError, match="no recipe 'digits/kdd'.*did you mean 'digits/kd'"):
+        recipes.find("digits/kdd")
+    with pytest.raises(ConfigError, match="config file 'mine.yaml' does not exist"):
+        load_config("mine.yaml")
+    (tmp_path / "mine.yaml").write_text("student: {name: mlp}\n")
+    assert load_config("mine.yaml").student.name == "mlp"

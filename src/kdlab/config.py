@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kdlab.errors import ConfigError, did_you_mean
+from kdlab.recipes import find
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -246,8 +247,9 @@ def _list_index(node: list[Any], key: str, path: list[str]) -> int:
 def load_recipe(
     source: str | Path | dict[str, Any], overrides: typing.Iterable[str] = ()
 ) -> RunConfig:
-    """Load a recipe from a YAML file or a dict, apply overrides, validate."""
-    data = read_yaml(source) if isinstance(source, (str, Path)) else copy.deepcopy(source)
+    """Load a recipe from a YAML file, a shipped recipe's name (``digits/kd``, see
+    :mod:`kdlab.recipes`) or a dict, apply overrides, validate."""
+    data = read_yaml(find(source)) if isinstance(source, (str, Path)) else copy.deepcopy(source)
     data = apply_overrides(data, overrides)
     return validate(RunConfig, data)
 

@@ -299,8 +299,9 @@ def open_study(settings: TuneSettings, n_trials: int | None = None) -> Any:
 
 def _base_recipe(settings: TuneSettings) -> dict[str, Any]:
     from kdlab.config import apply_overrides  # noqa: PLC0415
+    from kdlab.recipes import find  # noqa: PLC0415
 
-    return apply_overrides(read_yaml(settings.config), settings.overrides)
+    return apply_overrides(read_yaml(find(settings.config)), settings.overrides)
 
 
 def run_worker(settings: TuneSettings, n_trials: int | None, timeout: float | None) -> int:
