@@ -16,13 +16,14 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from kdlab import recipes
 from kdlab.config import load_config, read_yaml
 from kdlab.engine import RunResult, train
 from kdlab.errors import ConfigError
 from kdlab.methods import METHODS
 from kdlab.report import fmt_mean_std, markdown_table, mean_std, write_csv
 
-RECIPES = Path(__file__).resolve().parents[2] / "configs" / "digits"
+RECIPES = recipes.folder("digits")
 
 BASE: dict[str, Any] = {
     "data": {"name": "digits", "batch_size": 64},

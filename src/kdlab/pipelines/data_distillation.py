@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from kdlab.config import ModelConfig, RunConfig, Strict, read_yaml, validate
 from kdlab.data import DataBundle, TensorSplit, build_dataset, stratified_split
 from kdlab.errors import ConfigError
+from kdlab.recipes import find
 from kdlab.registry import Registry
 from kdlab.taps import model_logits
 
@@ -187,7 +188,10 @@ def load_pipeline_config(
 ) -> DataDistillationConfig:
     from kdlab.config import apply_overrides  # noqa: PLC0415
 
-    data = read_yaml(source) if isinstance(source, (str, Path)) else copy.deepcopy(dict(source))
+    if isinstance(source, (str, Path)):
+        data = read_yaml(find(source))
+    else:
+        data = copy.deepcopy(dict(source))
     data = apply_overrides(data, overrides)
     cfg = validate(DataDistillationConfig, data)
     validate(RunConfig, cfg.run, where="run")
