@@ -87,3 +87,16 @@ def test_recipes_are_found_by_name_from_any_folder(tmp_path: Path, monkeypatch) 
         load_config("mine.yaml")
     (tmp_path / "mine.yaml").write_text("student: {name: mlp}\n")
     assert load_config("mine.yaml").student.name == "mlp"
+
+
+def test_repository_configs_only_link_to_the_shipped_recipes() -> None:
+    # configs/<dataset> are symlinks kept for documented paths; recipes added there as
+    # real files (e.g. by a merge) would not ship with kdlab: move them to recipes/.
+    root = Path(__file__).resolve().parents[1] / "configs"
+    if not root.is_dir():
+        pytest.skip("not a source checkout")
+    entries = sorted(root.iterdir())
+    assert [e.name for e in entries if not e.is_symlink()] == []
+    assert sorted(e.resolve() for e in entries) == sorted(
+        p for p in recipes.ROOT.iterdir() if p.is_dir() and not p.name.startswith("__")
+    )
