@@ -13,9 +13,9 @@ import torch
 
 from kdlab.config import DataConfig
 from kdlab.data import TensorLoader, TensorSplit, build_dataset
-from kdlab.data.augment import random_crop, random_hflip
 from kdlab.data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from kdlab.errors import DataError
+from kdlab.views.augment import random_crop, random_hflip
 
 
 def _cfg(**kwargs: Any) -> DataConfig:

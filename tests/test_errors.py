@@ -115,10 +115,10 @@ def test_term_errors_name_the_term() -> None:
     ("override", "words"),
     [
         ("train.epochs", "must look like key.path=value"),
-        ("train.epochs.x=1", "'train.epochs' is not a mapping"),
+        ("train.epochs.x=1", "'train.epochs' is a int, not a mapping or list"),
         ("train.epochs.x.y=1", "'train.epochs' is a int, not a mapping or list"),
         ("distill.terms.5.weight=1", "'5' is not an index of a list of 1"),
-        ("distill.terms.x=1", "'x' is not an index"),
+        ("distill.terms.x=1", "'x' is not an index of a list of 1 nor the name of one"),
     ],
 )
 def test_override_errors(override: str, words: str) -> None:

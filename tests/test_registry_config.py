@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from kdlab import recipes
-from kdlab.config import RunConfig, apply_overrides, load_config, read_yaml
+from kdlab.config import RunConfig, apply_overrides, dump_config, load_config, read_yaml
 from kdlab.errors import ConfigError, RegistryError
 from kdlab.registry import Registry
 
@@ -100,3 +103,77 @@ def test_repository_configs_only_link_to_the_shipped_recipes() -> None:
     assert sorted(e.resolve() for e in entries) == sorted(
         p for p in recipes.ROOT.iterdir() if p.is_dir() and not p.name.startswith("__")
     )
+
+
+def _kd_recipe(**distill: Any) -> dict[str, Any]:
+    return {
+        "student": {"name": "cnn_tiny"},
+        "teacher": {"name": "cnn_small"},
+        "distill": {"terms": [{"method": "ce"}, {"method": "kd", "T": 2}], **distill},
+    }
+
+
+def test_load_recipe_validates_terms_views_and_stages_into_typed_objects() -> None:
+    from kdlab.config import StageConfig, ViewSpec  # noqa: PLC0415
+    from kdlab.methods.kd import KDParams  # noqa: PLC0415
+
+    cfg = load_config(
+        _kd_recipe(
+            views={"noisy": {"type": "gaussian_noise", "sigma": 0.2}},
+            stages=[{"name": "warm", "epochs": 1, "losses": {"kd": 1.0}}],
+        ),
+        ["distill.terms.kd.student_view=noisy"],
+    )
+    kd = cfg.distill.terms[1]
+    assert isinstance(kd, KDParams) and kd.T == 2.0 and kd["T"] == 2.0
+    assert kd.student_view == "noisy"
+    assert cfg.distill.views["noisy"] == ViewSpec(type="gaussian_noise", sigma=0.2)
+    assert isinstance(cfg.distill.stages[0], StageConfig)
+    # what a run folder keeps loads back into the same recipe
+    assert load_config(yaml.safe_load(dump_config(cfg))) == cfg
+
+
+@pytest.mark.parametrize(
+    ("distill", "words"),
+    [
+        ({"terms": [{"method": "kd", "temp": 2}]}, "unknown key 'distill.terms.0 (kd).temp'"),
+        ({"terms": [{"method": "kdd"}]}, "unknown method 'kdd'; did you mean 'kd'"),
+        (
+            {"views": {"n": {"type": "gaussian_noise", "sigma": -1}}},
+            "gaussian_noise: sigma must be a finite number >= 0",
+        ),
+        ({"views": {"n": {"type": "noise"}}}, "unknown view 'noise'"),
+        ({"views": {"n": {"type": "downsample", "sise": 4}}}, "distill.views.n (downsample)"),
+        (
+            {"terms": [{"method": "kd", "teacher_view": "clean"}]},
+            "distill.terms.0.teacher_view: unknown view 'clean'",
+        ),
+        (
+            {"stages": [{"name": "w", "epochs": 1, "losses": {"kdd": 1}}]},
+            "distill.stages.0.losses: unknown loss 'kdd'; did you mean 'kd'",
+        ),
+        (
+            {"stages": [{"name": "w", "epochs": 1, "losses": {"kd.hint": 1}}]},
+            "term 'kd' (kd) has no loss mode 'hint'",
+        ),
+        (
+            {"stages": [{"name": "main", "epochs": 1, "losses": {"kd": 1}}]},
+            "stage names must be unique and not 'main'",
+        ),
+        ({"terms": [{"method": "ce"}, {"method": "ce"}]}, "a term named 'ce' already exists"),
+    ],
+)
+def test_load_recipe_refuses_bad_terms_views_and_stages(distill: dict, words: str) -> None:
+    with pytest.raises((ConfigError, RegistryError), match=re.escape(words)):
+        load_config(_kd_recipe(**distill))
+
+
+def test_one_dotted_setter_for_overrides_and_search_spaces() -> None:
+    from kdlab.tune import apply_params  # noqa: PLC0415
+
+    data = _kd_recipe()
+    by_cli = apply_overrides(data, ["distill.terms.kd.T=3", "distill.terms.-1.weight=0.5"])
+    by_space = apply_params(data, {"distill.terms.kd.T": 3, "distill.terms.-1.weight": 0.5})
+    assert by_cli == by_space
+    assert by_cli["distill"]["terms"][1] == {"method": "kd", "T": 3, "weight": 0.5}
+    assert load_config(data, ["distill.terms.kd.T=3"]).distill.terms[1].T == 3.0

@@ -40,7 +40,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import model_validator
 
-from kdlab.config import RunConfig, Strict, read_yaml, validate
+from kdlab.config import RunConfig, Strict, read_yaml, set_dotted, validate
 from kdlab.errors import ConfigError, KdlabError
 
 OBJECTIVE = "val_acc1"  # maximised; the best epoch's validation top-1 accuracy (percent)
@@ -127,63 +127,22 @@ def load_space(source: str | Path | Mapping[str, Any]) -> dict[str, ParamSpec]:
 # ----------------------------------------------------------------- recipe keys
 
 
-def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``a.b.c`` in nested dicts / lists (list items by index or term name)."""
-    parts = key.split(".")
-    node: Any = data
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        here = ".".join(parts[: i + 1])
-        if isinstance(node, list):
-            idx = _list_item(node, part, here)
-            if last:
-                node[idx] = value
-            else:
-                node = node[idx]
-        elif isinstance(node, dict):
-            if last:
-                node[part] = value
-            else:
-                if node.get(part) is None:
-                    node[part] = {}
-                node = node[part]
-        else:
-            raise ConfigError(f"search key {key!r}: {'.'.join(parts[:i])!r} is not a mapping")
-
-
-def _list_item(node: list[Any], part: str, here: str) -> int:
-    if part.lstrip("-").isdigit():
-        idx = int(part)
-        if -len(node) <= idx < len(node):
-            return idx
-        raise ConfigError(f"search key {here!r}: index {idx} is outside a list of {len(node)}")
-    names = [(it.get("name") or it.get("method")) if isinstance(it, dict) else None for it in node]
-    if names.count(part) == 1:
-        return names.index(part)
-    shown = [n for n in names if n]
-    raise ConfigError(
-        f"search key {here!r}: no single list item named {part!r}; use an index "
-        f"(0..{len(node) - 1}) or one of {shown}"
-    )
-
-
 def apply_params(base: dict[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
     data = copy.deepcopy(base)
     for key, value in params.items():
-        set_dotted(data, key, value)
+        set_dotted(data, key, value, what="search key")
     return data
 
 
 def check_space(base: dict[str, Any], space: Mapping[str, ParamSpec]) -> None:
     """Every key takes its extreme values in the recipe: a typo fails here, not in trial 7."""
-    from kdlab.config import load_config  # noqa: PLC0415
-    from kdlab.methods import build_terms  # noqa: PLC0415
+    from kdlab.config import load_recipe  # noqa: PLC0415
 
     for key, spec in space.items():
         for value in spec.samples():
+            data = apply_params(base, {key: value})  # its errors name the search key
             try:
-                cfg = load_config(apply_params(base, {key: value}))
-                build_terms(cfg.distill.terms)
+                load_recipe(data)  # terms, views and stages included
             except ConfigError as err:
                 raise ConfigError(f"search key {key!r} = {value!r}: {err}") from None
 

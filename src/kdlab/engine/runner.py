@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 
 from kdlab.config import RunConfig
 from kdlab.data import DataBundle, build_dataset, make_loader
-from kdlab.data.augment import augment
 from kdlab.data.base import check_bundle
 from kdlab.distiller import Distiller
 from kdlab.engine import checkpoint as ckpt
@@ -39,6 +38,7 @@ from kdlab.methods import build_terms
 from kdlab.models import count_parameters, create_model
 from kdlab.rundir import RunDir
 from kdlab.views import build_views
+from kdlab.views.augment import augment
 
 
 @dataclass

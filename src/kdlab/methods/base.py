@@ -7,77 +7,24 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from kdlab.config import OptimizerConfig, ScheduleConfig, Strict, validate
+from kdlab.config import StageConfig, TermParams, term_params
 from kdlab.errors import ConfigError, KdlabError, TapError
 from kdlab.registry import Registry
 from kdlab.taps import Tap
 
-DEFAULT_VIEW = "default"
 # Pre-stages (FitNets' hints, AB's and FSP's initialisation, FT's paraphraser) default to
 # this share of the main stage: RepDistiller runs 30 initialisation epochs before 240
 # main ones. A fixed count would dominate short schedules (30 epochs before 15).
 PRE_STAGE_FRACTION = 0.125
 
 
-class TermParams(Strict):
-    """Keys every term accepts; each method subclasses this with its own."""
-
-    method: str
-    name: str | None = Field(None, description="unique name of the term (default: the method)")
-    weight: float | None = Field(None, ge=0.0, description="loss weight (default: the method's)")
-    student_view: str = DEFAULT_VIEW
-    teacher_view: str = DEFAULT_VIEW
-
-
-class StageConfig(Strict):
-    """A pre-stage: which losses train which modules, for how long, with what optimiser.
-
-    ``losses`` maps a term name, or ``term.mode`` for a term's extra loss
-    (``Term.loss_<mode>``), to its weight. ``train`` lists module paths inside the
-    Distiller ('student', 'terms.ft.paraphraser', ...) whose parameters are trained;
-    parameters that receive no gradient (e.g. student layers after a FitNets guided
-    layer) are left untouched by the optimiser. The length is ``epochs``, or, without
-    it, ``fraction`` of the main stage's ``train.epochs`` (rounded, at least 1), so a
-    method's pre-stage keeps its share of a short or long schedule.
-    """
-
-    @model_validator(mode="after")
-    def _one_length(self) -> StageConfig:
-        if (self.epochs is None) == (self.fraction is None):
-            raise ConfigError(
-                f"stage {self.name!r}: give exactly one of 'epochs' and 'fraction' "
-                f"(got epochs={self.epochs!r}, fraction={self.fraction!r})"
-            )
-        return self
-
-    def resolved_epochs(self, main_epochs: int) -> int:
-        """The stage's epochs for a main stage of ``main_epochs``."""
-        if self.epochs is not None:
-            return self.epochs
-        assert self.fraction is not None
-        return max(1, round(self.fraction * main_epochs))
-
-    name: str
-    epochs: int | None = Field(
-        None, ge=0, description="epochs of the stage; None: 'fraction' of the main stage's"
-    )
-    fraction: float | None = Field(
-        None, gt=0.0, le=1.0, description="length as a fraction of train.epochs (at least 1)"
-    )
-    losses: dict[str, float]
-    train: list[str] = Field(default_factory=lambda: ["student"])
-    optimizer: OptimizerConfig | None = None
-    schedule: ScheduleConfig = ScheduleConfig(name="constant")
-
-
-
 def pre_stage_length(epochs: int | None) -> dict[str, Any]:
     """A pre-stage's length for :class:`StageConfig`: ``epochs`` when the recipe fixes
     them, else :data:`PRE_STAGE_FRACTION` of the main stage."""
     return {"epochs": epochs} if epochs is not None else {"fraction": PRE_STAGE_FRACTION}
+
 
 @dataclass
 class Pass:
@@ -226,16 +173,14 @@ def _describe_shapes(ctx: StepContext) -> str:
     return f"student taps: {fmt(ctx.student)}; teacher taps: {fmt(ctx.teacher)}"
 
 
-def build_term(spec: Mapping[str, Any], where: str = "term") -> Term:
-    """A Term from a recipe entry ``{method: kd, weight: 0.9, T: 4, ...}``."""
-    if not isinstance(spec, Mapping) or "method" not in spec:
-        raise ConfigError(f"{where} must be a mapping with a 'method' key, got {spec!r}")
-    cls = METHODS.get(str(spec["method"]))
-    params = validate(cls.Params, dict(spec), where=f"{where} ({spec['method']})")
-    return cls(params)
+def build_term(spec: Mapping[str, Any] | TermParams, where: str = "term") -> Term:
+    """A Term from a recipe entry ``{method: kd, weight: 0.9, T: 4, ...}`` or its
+    validated parameters."""
+    params = term_params(spec, where)
+    return METHODS.get(params.method)(params)
 
 
-def build_terms(specs: Sequence[Mapping[str, Any]]) -> list[Term]:
+def build_terms(specs: Sequence[Mapping[str, Any] | TermParams]) -> list[Term]:
     """Terms from a recipe's list; duplicate names are an error."""
     terms = [build_term(s, where=f"distill.terms.{i}") for i, s in enumerate(specs)]
     seen: dict[str, int] = {}
