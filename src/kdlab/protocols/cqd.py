@@ -57,8 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     from kdlab.config import load_config  # noqa: PLC0415
     from kdlab.data import DataBundle, TensorSplit, build_dataset  # noqa: PLC0415
-    from kdlab.degrade import degrade_tensor  # noqa: PLC0415
     from kdlab.engine import evaluate, load_model, train  # noqa: PLC0415
+    from kdlab.views.degrade import degrade_tensor  # noqa: PLC0415
 
     unknown = [d for d in args.degradations if d not in DEGRADATIONS]
     if unknown:
