@@ -2,7 +2,9 @@
 
 Each epoch's order is a function of ``(seed, epoch)`` only, so a resumed run sees
 exactly the batches an uninterrupted one would. With ``world_size > 1`` each rank takes
-its own shard of the same permutation (what ``DistributedSampler`` does).
+its own shard of the same permutation (what ``DistributedSampler`` does); training
+loaders pad the order so every rank has as many batches, evaluation loaders do not
+(each sample is scored exactly once over the ranks).
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ class TensorLoader:
         rank: int = 0,
         world_size: int = 1,
         device: torch.device | str | None = None,
+        pad: bool = True,
     ) -> None:
         self.split = split
+        self.pad = pad
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
@@ -58,7 +62,7 @@ class TensorLoader:
         if self.world_size > 1:
             per_rank = math.ceil(n / self.world_size)
             pad = per_rank * self.world_size - n
-            if pad:
+            if pad and self.pad:
                 order = torch.cat([order, order[:pad]])
             order = order[self.rank :: self.world_size]
         return order
@@ -66,7 +70,7 @@ class TensorLoader:
     def __len__(self) -> int:
         n = len(self.split)
         if self.world_size > 1:
-            n = math.ceil(n / self.world_size)
+            n = math.ceil((n if self.pad else n - self.rank) / self.world_size)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
@@ -88,6 +92,9 @@ def make_loader(
     world_size: int = 1,
     device: torch.device | str | None = None,
 ) -> TensorLoader:
-    """Training loaders shuffle and drop the last partial batch; eval loaders keep all."""
+    """Training loaders shuffle, pad over ranks and drop the last partial batch; eval
+    loaders keep every sample once."""
     drop_last = train and len(split) > batch_size * max(world_size, 1)
-    return TensorLoader(split, batch_size, train, drop_last, seed, rank, world_size, device)
+    return TensorLoader(
+        split, batch_size, train, drop_last, seed, rank, world_size, device, pad=train
+    )
