@@ -91,13 +91,58 @@ class ScheduleConfig(Strict):
     warmup_epochs: int = Field(0, ge=0)
 
 
+class EvaluatorParams(Strict):
+    """Keys every evaluator accepts; each evaluator subclasses this with its own."""
+
+    name: str = "accuracy"
+
+
+def evaluator_params(spec: Any, where: str = "train.evaluator") -> EvaluatorParams:
+    """``train.evaluator`` (a name or ``{name: ..., **params}``) validated into the
+    registered evaluator's ``Params``."""
+    from kdlab.engine.evaluators import EVALUATORS  # noqa: PLC0415 - imports this module
+
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if isinstance(spec, EvaluatorParams):
+        cls = EVALUATORS.get(spec.name).Params
+        return spec if isinstance(spec, cls) else validate(cls, spec.model_dump(), where)
+    if not isinstance(spec, typing.Mapping):
+        raise ConfigError(f"{where} must be a name or a mapping with a 'name' key, got {spec!r}")
+    spec = {"name": EvaluatorParams().name, **spec}
+    cls = EVALUATORS.get(str(spec["name"])).Params
+    return validate(cls, spec, where=f"{where} ({spec['name']})")
+
+
+class SelectConfig(Strict):
+    """The validation metric that picks the best epoch (``train.select: recall@1`` for
+    short); by default the evaluator's own metric, in its direction."""
+
+    metric: str | None = Field(None, description="a metric of train.evaluator (default: its own)")
+    mode: Literal["max", "min"] | None = Field(None, description="default: the metric's direction")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short(cls, value: Any) -> Any:
+        return {"metric": value} if isinstance(value, str) else value
+
+
 class TrainConfig(Strict):
     epochs: int = Field(30, ge=1)
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     grad_clip: float | None = Field(None, gt=0.0, description="max global grad norm")
-    amp: Literal["off", "bf16", "fp16"] = "off"
-    channels_last: bool = False
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="auto: bf16 autocast where the hardware has native bf16 (CPUs with "
+        "AVX512-BF16 or AMX, CUDA capability >= 8.0), else fp32; fp16 needs CUDA",
+    )
+    channels_last: Literal["auto"] | bool = Field(
+        "auto", description="auto: channels_last memory format for conv nets on 4-D input"
+    )
+    amp: Literal["off", "bf16", "fp16"] | None = Field(
+        None, exclude=True, description="deprecated: train.precision (off = fp32)"
+    )
     compile: bool = False
     cache_teacher: bool = Field(
         False,
@@ -108,10 +153,51 @@ class TrainConfig(Strict):
     checkpoint_every: int | None = Field(
         None, ge=1, description="also checkpoint every N iterations (always at epoch end)"
     )
+    log_every: int = Field(
+        50, ge=1, description="check losses for NaN/inf every N iterations (and at checkpoints)"
+    )
     pre_stage_epochs: int | None = Field(
         None, ge=0, description="override every pre-stage's epochs (0 drops them; quick checks)"
     )
+    evaluator: SerializeAsAny[EvaluatorParams] = Field(
+        default_factory=lambda: evaluator_params("accuracy"),
+        description="what validation and test are scored with: accuracy, retrieval, ...",
+    )
+    select: SelectConfig = Field(default_factory=SelectConfig)
     progress: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _amp_is_precision(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("amp") is None:
+            return data
+        data = dict(data)
+        amp = data.pop("amp")
+        wanted = "fp32" if amp in ("off", False) else amp  # YAML reads a bare off as False
+        if data.get("precision", wanted) != wanted:
+            raise ConfigError(
+                f"train.amp {amp!r} and train.precision {data['precision']!r} disagree; "
+                "train.amp is the old name of train.precision: give only precision"
+            )
+        data["precision"] = wanted
+        return data
+
+    @field_validator("evaluator", mode="before")
+    @classmethod
+    def _evaluator(cls, value: Any) -> Any:
+        return evaluator_params(value)
+
+    @model_validator(mode="after")
+    def _select_is_a_metric(self) -> TrainConfig:
+        from kdlab.engine.evaluators import EVALUATORS  # noqa: PLC0415
+
+        names = EVALUATORS.get(self.evaluator.name).metric_names(self.evaluator)
+        if self.select.metric is not None and self.select.metric not in names:
+            raise ConfigError(
+                f"train.select: {self.select.metric!r} is not a metric of evaluator "
+                f"{self.evaluator.name!r}; {did_you_mean(self.select.metric, names)}"
+            )
+        return self
 
 
 class TermParams(Strict):
@@ -125,6 +211,9 @@ class TermParams(Strict):
     weight: float | None = Field(None, ge=0.0, description="loss weight (default: the method's)")
     student_view: str = DEFAULT_VIEW
     teacher_view: str = DEFAULT_VIEW
+    main_stage: bool | None = Field(
+        None, description="add the loss to the main stage (default: the method's choice)"
+    )
 
     @property
     def term_name(self) -> str:
@@ -297,7 +386,7 @@ class RunConfig(Strict):
     student: ModelConfig
     teacher: ModelConfig | None = None
     distill: DistillConfig = Field(default_factory=DistillConfig)
-    train: TrainConfig = TrainConfig()
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
 
 # ---------------------------------------------------------------- validation
@@ -324,6 +413,8 @@ def check_unknown_keys(model: type[BaseModel], data: Any, where: str = "") -> No
         path = f"{where}.{key}" if where else str(key)
         if key not in fields:
             raise ConfigError(f"unknown key {path!r}; {did_you_mean(str(key), fields)}")
+        if any(isinstance(m, SerializeAsAny) for m in fields[key].metadata):
+            continue  # a registry picks the model (terms, evaluator): its validator checks
         sub = _model_in(fields[key].annotation)
         if sub is not None:
             check_unknown_keys(sub, value, path)

@@ -77,7 +77,8 @@ class Term(nn.Module):
     - ``needs_teacher``: False for label-only losses (``ce``).
     - ``student_input_grad`` / ``teacher_input_grad``: the term differentiates the
       model output with respect to its input (Jacobian matching).
-    - ``in_main_stage``: False for losses that only drive a pre-stage.
+    - ``in_main_stage``: False for losses that only drive a pre-stage by default (the
+      recipe's ``main_stage`` key overrides it: see :attr:`Term.main_stage`).
     - ``frozen_in_main``: names of the term's submodules that stay frozen in the main
       stage (e.g. FT's paraphraser, trained in its own pre-stage).
     """
@@ -101,6 +102,18 @@ class Term(nn.Module):
         super().__init_subclass__(**kwargs)
         if cls.method:
             METHODS.add(cls.method, cls)
+
+    @property
+    def main_stage(self) -> bool:
+        """Whether the loss is part of the main stage: the recipe's ``main_stage``, else
+        the method's ``in_main_stage``."""
+        chosen = self.params.main_stage
+        return self.in_main_stage if chosen is None else chosen
+
+    def bind_data(self, num_samples: int, labels: Tensor | None = None) -> None:
+        """Called by the engine with the training set's size and labels (by sample
+        index) before training; terms that index the training set (CRD's memory bank)
+        use it. Default: nothing."""
 
     # --- what the Distiller asks of a term -------------------------------------
     def student_taps(self) -> Sequence[Tap]:

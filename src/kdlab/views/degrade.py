@@ -116,9 +116,7 @@ def grayscale(x: Tensor) -> Tensor:
     return x.mean(dim=1, keepdim=True).expand_as(x).contiguous()
 
 
-def quantize(
-    x: Tensor, levels: int, low: float | None = None, high: float | None = None
-) -> Tensor:
+def quantize(x: Tensor, levels: int, low: float | None = None, high: float | None = None) -> Tensor:
     """Round to ``levels`` evenly spaced values spanning ``[low, high]``.
 
     Without ``low``/``high`` each image uses its own min and max, so a batch of

@@ -65,6 +65,3 @@ def scale_view(factor: float = 1.0) -> ViewFn:
     if not factor > 0:
         raise ConfigError(f"scale factor must be > 0, got {factor}")
     return lambda x: scale(x, float(factor))
-
-
-

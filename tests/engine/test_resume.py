@@ -21,6 +21,7 @@ from kdlab.config import load_config
 from kdlab.data import build_dataset
 from kdlab.engine import checkpoint as ckpt
 from kdlab.engine import train
+from kdlab.engine.handlers import ReportProgress
 from kdlab.errors import CheckpointError
 
 RECIPE: dict[str, Any] = {
@@ -59,7 +60,13 @@ def _run(run_dir: Path, bundle: Any, resume: bool = False, kill_at: tuple | None
 
     cfg = load_config(RECIPE)
     try:
-        train(cfg, run_dir=run_dir, resume=resume, progress=progress, bundle=bundle)
+        train(
+            cfg,
+            run_dir=run_dir,
+            resume=resume,
+            bundle=bundle,
+            handlers=[ReportProgress(progress)],
+        )
     except Killed:
         pass
 

@@ -12,6 +12,7 @@ import torch
 from kdlab.config import load_config
 from kdlab.engine import train
 from kdlab.engine.checkpoint import load_weights
+from kdlab.engine.handlers import ReportProgress
 
 
 class Interrupt(Exception):
@@ -69,7 +70,7 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path: Path, stop_at: i
 
     cfg = load_config(recipe(tmp_path, "cut", **over))
     with pytest.raises(Interrupt):
-        train(cfg, progress=boom)
+        train(cfg, handlers=[ReportProgress(boom)])
     resumed = train(cfg, resume=True)
     wa = load_weights(Path(full.run_dir) / "last.safetensors")
     wb = load_weights(Path(resumed.run_dir) / "last.safetensors")
@@ -113,7 +114,7 @@ def test_prestage_trains_only_what_it_names(tmp_path: Path, digits_teacher: Path
     trainer.run_dir.create()
     before = {k: v.clone() for k, v in trainer.distiller.student.state_dict().items()}
     assert [s.name for s in trainer.stages] == ["head", "main"]
-    trainer._run_stage(0, trainer.stages[0], None)
+    trainer.run_stage(0, trainer.stages[0], None)
     after = trainer.distiller.student.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(
