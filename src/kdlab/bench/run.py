@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from kdlab.bench.protocol import Protocol, RunSpec, config_hash, expand
 from kdlab.data import DataBundle, build_dataset
 from kdlab.engine import train
+from kdlab.engine.handlers import ReportProgress
 from kdlab.errors import ConfigError
 from kdlab.rundir import RunDir
 
@@ -143,8 +144,8 @@ def run_matrix(
                     spec.cfg,
                     run_dir=spec.run_dir,
                     resume=resume,
-                    progress=on_step,
                     bundle=bundles[key],
+                    handlers=[ReportProgress(on_step)],
                 )
             except Exception as err:  # one broken run must not end a long benchmark
                 if not keep_going:

@@ -151,6 +151,7 @@ def run_data_distillation(
 ) -> DataDistillationResult:
     """Run the four steps; both trainings write run folders under ``out_dir``."""
     from kdlab.engine import load_model, train  # noqa: PLC0415 - engine pulls in ignite
+    from kdlab.engine.handlers import ReportProgress  # noqa: PLC0415
 
     out_dir = Path(out_dir)
     run = validate(RunConfig, cfg.run, where="run")
@@ -170,8 +171,9 @@ def run_data_distillation(
     if cfg.supervised_epochs is not None:
         first.train.epochs = cfg.supervised_epochs
     sup_bundle = _with_train(data, labelled)
+    handlers = [ReportProgress(progress)] if progress is not None else []
     supervised = train(
-        first, run_dir=out_dir / "supervised", bundle=sup_bundle, progress=progress, overwrite=True
+        first, run_dir=out_dir / "supervised", bundle=sup_bundle, handlers=handlers, overwrite=True
     )
     model = load_model(
         first.student.name,
@@ -207,7 +209,7 @@ def run_data_distillation(
         second,
         run_dir=out_dir / "distilled",
         bundle=_with_train(data, merged),
-        progress=progress,
+        handlers=handlers,
         overwrite=True,
     )
     return DataDistillationResult(
