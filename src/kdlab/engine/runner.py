@@ -505,7 +505,6 @@ def train(
     bundle: DataBundle | None = None,
     evaluator: Evaluator | None = None,
     handlers: Sequence[Handler] = (),
-    progress: Any = None,
 ) -> RunResult:
     """Train ``recipe`` in ``run_dir`` (default ``output_dir/name``): the one way to train.
 
@@ -519,7 +518,5 @@ def train(
             stage after the trainer's own: e.g. ``ReportProgress(fn)`` (called as
             ``fn(stage, iteration, total)``), ``Timing()``, a tuner's pruning.
     """
-    if progress is not None:  # until the last callers move to ReportProgress
-        handlers = [*handlers, ReportProgress(progress)]
     trainer = Trainer(recipe, run_dir, bundle=bundle, evaluator=evaluator, handlers=handlers)
     return trainer.run(resume=resume, overwrite=overwrite)
