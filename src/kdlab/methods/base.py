@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar, get_args, get_origin
 
 import torch
 from torch import Tensor, nn
@@ -67,10 +67,14 @@ class Shapes:
 
 
 METHODS: Registry[type[Term]] = Registry("method")
+P = TypeVar("P", bound=TermParams)
 
 
-class Term(nn.Module):
-    """Base class of every method. Subclasses set ``method``, ``Params`` and ``forward``.
+class Term(nn.Module, Generic[P]):
+    """Base class of every method: ``class KD(Term[KDParams])`` with ``method`` and
+    ``forward``. The generic argument is the method's parameter model (its recipe
+    keys, validated at load): it becomes ``Params`` and the type of ``self.params``, so
+    a method never re-annotates it.
 
     Class attributes a method may set:
     - ``default_weight``: the weight used when the recipe gives none.
@@ -92,7 +96,9 @@ class Term(nn.Module):
     in_main_stage: ClassVar[bool] = True
     frozen_in_main: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, params: TermParams) -> None:
+    params: P
+
+    def __init__(self, params: P) -> None:
         super().__init__()
         self.params = params
         self.term_name = params.name or self.method
@@ -100,6 +106,11 @@ class Term(nn.Module):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        for base in getattr(cls, "__orig_bases__", ()):
+            origin, args = get_origin(base), get_args(base)
+            if isinstance(origin, type) and issubclass(origin, Term) and args:
+                if "Params" not in cls.__dict__ and isinstance(args[0], type):
+                    cls.Params = args[0]
         if cls.method:
             METHODS.add(cls.method, cls)
 
