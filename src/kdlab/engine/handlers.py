@@ -351,7 +351,7 @@ class ProgressBar(Handler):
             return
         from ignite.handlers import ProgressBar as IgniteBar  # noqa: PLC0415
 
-        bar = IgniteBar(persist=False, desc=f"{run.cfg.name}:{run.stage.name}", leave=False)
+        bar = IgniteBar(persist=False, desc=f"{run.cfg.name}:{run.stage.name}")
         bar.attach(engine)
 
 
