@@ -16,8 +16,9 @@ rounds (the order rotates each round), and records the median step time of each:
 
 img/s = 64 / median step time; ratios are taken within each round (the machine may be
 shared: what counts is the interleaved ratio), then their median over rounds. Each
-step is timed on two clocks: wall time, and the process's CPU time (every thread),
-which other jobs on a shared machine disturb far less than wall time.
+step is timed on two clocks: wall time, and CPU time (with one intra-op thread the
+calling thread's, which other jobs on a shared machine barely disturb; with more, the
+process's, which includes OpenMP threads spinning while a sibling is descheduled).
 """
 
 from __future__ import annotations
@@ -59,7 +60,11 @@ def _batches(steps: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-Steps = tuple[list[float], list[float]]  # per step: wall seconds, process CPU seconds
+Steps = tuple[list[float], list[float]]  # per step: wall seconds, CPU seconds
+
+
+def cpu_clock() -> float:
+    return time.thread_time() if torch.get_num_threads() == 1 else time.process_time()
 
 
 def _deltas(stamps: list[float]) -> list[float]:
@@ -93,14 +98,14 @@ def repdistiller_kd(path: str, teacher: str, student: str) -> Callable[[Any, Any
             def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
                 for i in range(len(self)):
                     wall.append(time.perf_counter())
-                    cpu.append(time.process_time())
+                    cpu.append(cpu_clock())
                     s = slice(i * BATCH, (i + 1) * BATCH)
                     yield x[s], y[s], torch.arange(s.start, s.stop)
 
         with contextlib.redirect_stdout(io.StringIO()):
             train_distill(0, Loader(), module_list, criteria, optimizer, opt)
         wall.append(time.perf_counter())
-        cpu.append(time.process_time())
+        cpu.append(cpu_clock())
         return _deltas(wall), _deltas(cpu)
 
     return epoch
@@ -129,7 +134,7 @@ def kdlab_kd(teacher: str, student: str, **train_opts: Any) -> Callable[[Any, An
     def epoch(x: torch.Tensor, y: torch.Tensor) -> Steps:
         test = TensorSplit(x[:BATCH], y[:BATCH])
         bundle = DataBundle(TensorSplit(x, y), None, test, 100, 3, (32, 32), "synthetic")
-        wall, cpu = Timing(time.perf_counter), Timing(time.process_time)
+        wall, cpu = Timing(time.perf_counter), Timing(cpu_clock)
         with tempfile.TemporaryDirectory() as d:
             train(cfg, run_dir=d, bundle=bundle, handlers=[wall, cpu])
         return wall.seconds(), cpu.seconds()
