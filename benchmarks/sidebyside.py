@@ -194,8 +194,9 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def render(rows: list[dict[str, Any]], machine: dict[str, Any], command: str, commit: str) -> str:
+    n = machine["threads"]
     lines = [
-        "## Side by side with RepDistiller",
+        f"## Side by side with RepDistiller ({n} intra-op thread{'s' if n > 1 else ''})",
         "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
         f"{machine['threads']} intra-op threads; load average at the start "
