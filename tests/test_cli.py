@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 
 import pytest
 
 from kdlab import __version__
-from kdlab.cli import build_parser, main
+from kdlab.cli import all_parsers, build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
-    found = [parser]
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in dict.fromkeys(action.choices.values()):
-                found += _parsers(sub)
-    return found
 
 
 def test_overrides_may_follow_options() -> None:
@@ -39,7 +29,7 @@ def test_no_abbreviated_options_anywhere(capsys: pytest.CaptureFixture) -> None:
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "usage: kdlab train" in err and "unrecognized arguments: --resum" in err
-    parsers = _parsers(build_parser())
+    parsers = all_parsers(build_parser())
     assert len(parsers) > 10 and all(not p.allow_abbrev for p in parsers)
     # Parsers built outside `kdlab` (protocol stand-alone entry points, benchmark scripts).
     for path in [*ROOT.joinpath("src").rglob("*.py"), *ROOT.joinpath("benchmarks").rglob("*.py")]:
