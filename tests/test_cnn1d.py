@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -70,3 +73,58 @@ def test_image_input_and_bad_kwargs_are_clear_errors() -> None:
         model(torch.randn(2, 1, 8, 8))
     with pytest.raises(ModelError, match="kernel_size must be odd"):
         create_model("cnn1d", num_classes=3, kernel_size=4)
+
+
+SEQUENCE_PLUGIN = """
+import math
+
+import torch
+
+from kdlab.data import DATASETS, DataBundle, TensorSplit
+
+
+@DATASETS.register("_toy_waves")
+def toy_waves(cfg):
+    # Class k: a sine of frequency k + 1 on 2 channels of 32 steps, plus noise.
+    g = torch.Generator().manual_seed(cfg.split_seed)
+
+    def split(n):
+        y = torch.arange(n) % 3
+        t = torch.linspace(0, 1, 32)
+        x = torch.sin(2 * math.pi * (y[:, None, None] + 1) * t).expand(n, 2, 32)
+        return TensorSplit(x + 0.1 * torch.randn(n, 2, 32, generator=g), y)
+
+    return DataBundle(split(48), split(12), split(12), num_classes=3, in_channels=2,
+                      image_size=(1, 32), name="_toy_waves")
+"""
+
+
+def test_a_1d_pair_trains_kd_and_sp_from_the_cli(tmp_path: Path) -> None:
+    from kdlab import cli
+    from kdlab.data import DATASETS
+
+    plugin = tmp_path / "waves.py"
+    plugin.write_text(SEQUENCE_PLUGIN)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "data: {name: _toy_waves, batch_size: 16}\n"
+        "student: {name: cnn1d_tiny}\n"
+        "teacher: {name: cnn1d_small}\n"
+        "distill:\n"
+        "  terms:\n"
+        "    - {method: ce, weight: 0.1}\n"
+        "    - {method: kd, weight: 0.9}\n"
+        "    - {method: sp, student: [stages.1], teacher: [stages.1]}\n"
+        "train: {epochs: 1, progress: false, threads: 1}\n"
+    )
+    try:
+        code = cli.main(
+            ["--plugin", str(plugin), "train", str(recipe), "--run-dir", str(tmp_path / "run")]
+        )
+    finally:
+        DATASETS._items.pop("_toy_waves", None)
+    assert code == 0
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["train_kd"] > 0 and row["train_sp"] > 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["params"] == count_parameters(create_model("cnn1d_tiny", 3, 2))
