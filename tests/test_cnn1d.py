@@ -69,8 +69,10 @@ def test_parameter_count_by_hand() -> None:
 
 def test_image_input_and_bad_kwargs_are_clear_errors() -> None:
     model = create_model("cnn1d_small", num_classes=3, in_channels=1)
-    with pytest.raises(ValueError, match=r"sequences \(N, C, L\).*layout: ncl"):
+    with pytest.raises(ValueError, match=r"SmallCNN1d takes \(N, C, L\) sequences.*layout: ncl"):
         model(torch.randn(2, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"SmallCNN takes \(N, C, H, W\) images"):
+        create_model("cnn_small", num_classes=3, in_channels=1)(torch.randn(2, 1, 8))
     with pytest.raises(ModelError, match="kernel_size must be odd"):
         create_model("cnn1d", num_classes=3, kernel_size=4)
 

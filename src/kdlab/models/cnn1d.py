@@ -9,61 +9,18 @@ The 1-D twin of :class:`kdlab.models.small.SmallCNN`, with the same taps: ``stag
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from kdlab.models import register_model
+from kdlab.models.small import SmallCNN
 
 
-class ConvBlock1d(nn.Module):
-    def __init__(self, cin: int, cout: int, kernel_size: int, stride: int = 1) -> None:
-        super().__init__()
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd and >= 1, got {kernel_size}")
-        pad = kernel_size // 2  # 'same' length at stride 1
-        self.conv = nn.Conv1d(cin, cout, kernel_size, stride=stride, padding=pad, bias=False)
-        self.bn = nn.BatchNorm1d(cout)
-        self.relu = nn.ReLU()
+class SmallCNN1d(SmallCNN):
+    """Conv1d-BN-ReLU stages (kernel 5 by default); stride 2 starts every later stage."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.relu(self.bn(self.conv(x)))
-
-
-class SmallCNN1d(nn.Module):
-    """Conv1d-BN-ReLU stages; a stride-2 block starts every stage after the first."""
-
-    def __init__(
-        self,
-        num_classes: int,
-        in_channels: int = 1,
-        widths: Sequence[int] = (16, 32, 64),
-        depth: int = 1,
-        kernel_size: int = 5,
-        dropout: float = 0.0,
-    ) -> None:
-        super().__init__()
-        stages = []
-        cin = in_channels
-        for i, w in enumerate(widths):
-            blocks = [ConvBlock1d(cin, w, kernel_size, stride=1 if i == 0 else 2)]
-            blocks += [ConvBlock1d(w, w, kernel_size) for _ in range(depth - 1)]
-            stages.append(nn.Sequential(*blocks) if depth > 1 else blocks[0])
-            cin = w
-        self.stages = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool1d(1)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.fc = nn.Linear(cin, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 3:
-            raise ValueError(
-                f"SmallCNN1d takes sequences (N, C, L), got a tensor of shape {tuple(x.shape)}"
-                " (for .npz data set data.options.layout: ncl)"
-            )
-        x = self.pool(self.stages(x))
-        return self.fc(self.dropout(torch.flatten(x, 1)))
+    def __init__(self, num_classes: int, in_channels: int = 1, **kwargs: object) -> None:
+        kwargs.setdefault("kernel_size", 5)
+        super().__init__(num_classes, in_channels, dims=1, **kwargs)  # type: ignore[arg-type]
 
 
 _SIZES = {
