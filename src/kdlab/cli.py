@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kdlab", description="Knowledge distillation: train, compare, tune, scale."
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
-    plugin_help = "run this local Python file first (it registers your models...; it runs code)"
+    plugin_help = "run this local Python file first: it registers models, methods...; it runs code"
     parser.add_argument(
         "--plugin", action="append", default=[], metavar="FILE.py", help=plugin_help
     )
