@@ -9,6 +9,7 @@ import pytest
 
 from kdlab import __version__
 from kdlab.cli import all_parsers, build_parser, main
+from kdlab.commands.ls import describe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,11 +46,19 @@ def test_version(capsys: pytest.CaptureFixture) -> None:
 
 @pytest.mark.parametrize("what", ["models", "methods", "datasets", "views"])
 def test_every_listed_name_has_a_description(what: str, capsys: pytest.CaptureFixture) -> None:
+    from kdlab.data import DATASETS  # noqa: PLC0415
+    from kdlab.methods import METHODS  # noqa: PLC0415
+    from kdlab.models import MODELS  # noqa: PLC0415
+    from kdlab.views import VIEWS  # noqa: PLC0415
+
     assert main(["ls", what]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) > 3
-    blank = [line.split()[0] for line in lines if len(line.split()) < 2]
+    listed = dict(line.split(maxsplit=1) for line in capsys.readouterr().out.splitlines())
+    registry = {"models": MODELS, "methods": METHODS, "datasets": DATASETS, "views": VIEWS}[what]
+    ours = [n for n, obj in registry.items() if obj.__module__.startswith("kdlab.")]
+    assert len(ours) > 3  # (entries registered by tests or plugins are theirs to describe)
+    blank = [n for n in ours if not describe(registry.get(n))]
     assert not blank, f"kdlab ls {what}: no description for {blank}"
+    assert all(listed[n] == describe(registry.get(n)) for n in ours)
 
 
 def test_model_kwargs_cannot_set_what_the_data_sets(
