@@ -516,3 +516,27 @@ def test_every_dataset_refuses_unknown_options(name: str, option: str, hint: str
         build_dataset(_cfg(name=name, options={option: 1}))
     kdlab_datasets = [n for n, b in DATASETS.items() if b.__module__.startswith("kdlab.")]
     assert set(kdlab_datasets) <= set(DATASET_OPTIONS)
+
+
+def test_npz_sequences_train_a_1d_model_end_to_end(tmp_path: Path) -> None:
+    from kdlab.config import load_config  # noqa: PLC0415
+    from kdlab.engine import train  # noqa: PLC0415
+    from kdlab.engine.checkpoint import load_weights  # noqa: PLC0415
+
+    rng = np.random.default_rng(3)
+    y = np.arange(60) % 3
+    x = rng.normal(size=(60, 2, 16)).astype(np.float32) + y[:, None, None]  # learnable
+    path = _npz(tmp_path, x=x, y=y)
+    cfg = load_config(
+        {
+            "output_dir": str(tmp_path),
+            "student": {"name": "cnn1d_tiny"},
+            "data": {"name": "npz", "root": path, "options": {"layout": "ncl"}},
+            "train": {"epochs": 2, "progress": False, "optimizer": {"lr": 0.1}},
+        }
+    )
+    res = train(cfg)
+    weights = load_weights(Path(res.run_dir) / "model.safetensors")
+    first = next(v for k, v in weights.items() if k.endswith("conv.weight"))
+    assert first.dim() == 3 and first.shape[1] == 2  # Conv1d over the 2 channels, not 2-D
+    assert 0.0 <= res.test_acc_last <= 100.0
