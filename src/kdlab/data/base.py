@@ -157,9 +157,15 @@ def _label_mapping(label_map: Any, train: np.ndarray) -> dict[Any, int]:
     if label_map == "sorted":
         return {v.item(): i for i, v in enumerate(np.unique(train))}
     if isinstance(label_map, (list, tuple)):
-        mapping = {v: i for i, v in enumerate(label_map)}
-        if len(mapping) != len(label_map):
-            raise DataError("data.options.label_map: a list must not repeat a label")
+        try:
+            mapping = {v: i for i, v in enumerate(label_map)}
+        except TypeError:  # a nested list or mapping as a label
+            mapping = {}
+        if not mapping or len(mapping) != len(label_map):
+            raise DataError(
+                "data.options.label_map: a list needs one entry per class, each a label "
+                f"(a number or a string) given once, got {label_map!r}"
+            )
         return mapping
     if isinstance(label_map, Mapping):
         bad = [
