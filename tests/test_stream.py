@@ -245,7 +245,9 @@ def _rank_reads(rank: int, port: int, root: str, out: str) -> None:
         tdist.destroy_process_group()
 
 
-def test_two_gloo_ranks_read_disjoint_shards_that_cover_the_set(shards: Path, tmp_path: Path) -> None:
+def test_two_gloo_ranks_read_disjoint_shards_that_cover_the_set(
+    shards: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "reads.json"
     # fork: the ranks need nothing re-imported (spawn would cost seconds per process)
     args = (free_port(), str(shards), str(out))
