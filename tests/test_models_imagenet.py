@@ -3,11 +3,17 @@ state_dict layout, and the taps the ImageNet recipes name."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
+from kdlab.config import load_config
+from kdlab.methods import build_terms
 from kdlab.models import count_parameters, create_model
 from kdlab.taps import probe_shapes
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _mobilenetv1_reference_count(num_classes: int) -> int:
@@ -81,3 +87,36 @@ def test_torchvision_weights_load_and_give_the_same_logits(name: str) -> None:
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), tv(x), rtol=0, atol=1e-5)
+
+
+RECIPES = sorted((ROOT / "configs" / "imagenet").glob("*-*/*.yaml"))
+METHODS = {"kd", "at", "crd", "dkd", "fitnet", "ab", "ft", "pkt", "rkd", "sp", "vid", "nst"}
+
+
+def test_imagenet_recipes_cover_both_pairs_and_every_method() -> None:
+    pairs = {p.parent.name for p in RECIPES}
+    assert pairs == {"resnet34-resnet18", "resnet50-mobilenetv1"}
+    for pair in pairs:
+        assert {p.stem for p in RECIPES if p.parent.name == pair} == METHODS
+
+
+@pytest.mark.parametrize("pair", ["resnet34-resnet18", "resnet50-mobilenetv1"])
+def test_imagenet_recipes_state_the_protocol_and_tap_existing_layers(pair: str) -> None:
+    """Every recipe validates, states the published protocol, and names taps that exist
+    on its models (one shape probe per model on 32x32 inputs for all recipes at once)."""
+    taps: dict[str, set[str]] = {"student": set(), "teacher": set()}
+    for path in (p for p in RECIPES if p.parent.name == pair):
+        cfg = load_config(path)
+        assert cfg.teacher is not None
+        assert f"{cfg.teacher.name}-{cfg.student.name}" == pair
+        assert (cfg.train.epochs, cfg.data.batch_size, cfg.train.optimizer.lr) == (100, 256, 0.1)
+        assert cfg.train.schedule.milestones == [30, 60, 90]
+        assert cfg.train.optimizer.weight_decay == 1e-4 and cfg.data.name == "imagenet"
+        assert [t.method for t in build_terms(cfg.distill.terms)] == ["ce", path.stem]
+        for term in cfg.distill.terms:
+            for role in taps:
+                taps[role].update(term.get(role, []))
+    teacher, student = pair.split("-")
+    for role, name in (("teacher", teacher), ("student", student)):
+        shapes = probe_shapes(create_model(name, 10), sorted(taps[role]), torch.randn(2, 3, 32, 32))
+        assert {str(t) for t in shapes} >= taps[role]
