@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from kdlab.bench.protocol import expand, load_protocol
 from kdlab.config import load_config
 from kdlab.methods import build_terms
 from kdlab.models import count_parameters, create_model
@@ -120,3 +121,23 @@ def test_imagenet_recipes_state_the_protocol_and_tap_existing_layers(pair: str) 
     for role, name in (("teacher", teacher), ("student", student)):
         shapes = probe_shapes(create_model(name, 10), sorted(taps[role]), torch.randn(2, 3, 32, 32))
         assert {str(t) for t in shapes} >= taps[role]
+
+
+def test_the_imagenet_protocol_runs_exactly_the_recipes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every (pair, method) cell of ``kdlab bench imagenet`` equals its recipe's distill
+    section, and the protocol's base repeats the recipes' data and train settings."""
+    monkeypatch.chdir(ROOT)  # the protocol names configs/imagenet relative to the repository
+    proto = load_protocol("imagenet")
+    runs = expand(proto, tmp_path)
+    cells = [r for r in runs if r.kind == "method"]
+    assert len(cells) == 2 * len(METHODS) and {r.method for r in cells} == METHODS
+    for run in cells:
+        recipe = load_config(ROOT / "configs" / "imagenet" / run.pair / f"{run.method}.yaml")
+        assert run.cfg.distill.terms == recipe.distill.terms, run.label
+        assert run.cfg.train.epochs == recipe.train.epochs
+        assert run.cfg.train.optimizer == recipe.train.optimizer
+        assert run.cfg.train.schedule == recipe.train.schedule
+        assert run.cfg.data.model_dump(exclude={"root"}) == recipe.data.model_dump(exclude={"root"})
+        assert run.cfg.student.name == recipe.student.name == run.pair.split("-")[1]
