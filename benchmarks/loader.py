@@ -83,7 +83,7 @@ def step_rate(batch: int, steps: int, kd: bool) -> float:
         logits = student(x)
         loss = F.cross_entropy(logits, y)
         if teacher is not None:
-            with torch.inference_mode():
+            with torch.no_grad():  # inference_mode tensors cannot enter the loss
                 soft = teacher(x).softmax(1)
             loss = 0.5 * loss + 0.5 * F.kl_div(logits.log_softmax(1), soft, reduction="batchmean")
         opt.zero_grad(set_to_none=True)

@@ -74,7 +74,8 @@ def open_image(path: str, mode: str) -> Any:
 
     try:
         with Image.open(path) as img:
-            return img.convert(mode)
+            img.load()
+            return img if img.mode == mode else img.convert(mode)
     except (OSError, ValueError) as err:
         raise DataError(f"{path}: not a readable image ({err})") from None
 

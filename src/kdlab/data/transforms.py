@@ -120,12 +120,23 @@ def _to_float(x: Tensor) -> Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
-def pil_to_tensor(img: Any) -> Tensor:
-    """A Pillow image as float ``(C, H, W)`` in ``[0, 1]`` (torchvision's ``to_tensor``)."""
-    arr = np.array(img, dtype=np.uint8, copy=True)
+def pil_to_array(img: Any) -> np.ndarray:
+    """A Pillow image as float32 ``(C, H, W)`` in ``[0, 1]`` (torchvision's ``to_tensor``).
+
+    In numpy, not torch: per-sample work stays single-threaded (torch's intra-op threads
+    on 150k-element tensors cost more than they save, badly so on a loaded machine).
+    """
+    arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous().float().div_(255.0)
+    out = np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
+    out /= np.float32(255.0)
+    return out
+
+
+def pil_to_tensor(img: Any) -> Tensor:
+    """:func:`pil_to_array` as a tensor."""
+    return torch.from_numpy(pil_to_array(img))
 
 
 @dataclass(frozen=True)
@@ -162,11 +173,12 @@ class ImageTransform:
             if seed is None:
                 raise ValueError("a random transform needs a per-sample seed")
             g = torch.Generator().manual_seed(seed)
-        x = self._tensor(img, g) if isinstance(img, Tensor) else self._pil(img, g)
-        return self._normalize(x)
+        if isinstance(img, Tensor):
+            return self._normalize(self._tensor(img, g))
+        return torch.from_numpy(self._normalize(self._pil(img, g)))
 
     # One implementation per input type; the draws happen in the same order in both.
-    def _pil(self, img: Any, g: torch.Generator | None) -> Tensor:
+    def _pil(self, img: Any, g: torch.Generator | None) -> np.ndarray:
         from PIL import Image  # noqa: PLC0415 - Pillow is only needed to decode files
 
         width, height = img.size
@@ -185,7 +197,7 @@ class ImageTransform:
                 img = img.crop((left, top, left + out_w, top + out_h))
         if self.hflip and torch.rand(1, generator=g).item() < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        return pil_to_tensor(img)
+        return pil_to_array(img)
 
     def _tensor(self, x: Tensor, g: torch.Generator | None) -> Tensor:
         if x.dim() != 3:
@@ -203,7 +215,8 @@ class ImageTransform:
             x = x.flip(-1)
         return _to_float(x).contiguous()
 
-    def _normalize(self, x: Tensor) -> Tensor:
+    def _normalize(self, x: Any) -> Any:
+        """``(x - mean) / std`` per channel, in place, on a tensor or a numpy array."""
         if self.mean is None or self.std is None:
             return x
         if len(self.mean) != x.shape[0]:
@@ -211,6 +224,10 @@ class ImageTransform:
                 f"normalisation has {len(self.mean)} channel means but the image has "
                 f"{x.shape[0]} channels (data.options.mean / std)"
             )
+        if isinstance(x, np.ndarray):
+            x -= np.asarray(self.mean, dtype=np.float32)[:, None, None]
+            x /= np.asarray(self.std, dtype=np.float32)[:, None, None]
+            return x
         mean = torch.tensor(self.mean, dtype=x.dtype)[:, None, None]
         std = torch.tensor(self.std, dtype=x.dtype)[:, None, None]
         return x.sub_(mean).div_(std)
