@@ -43,8 +43,9 @@ def make_photos(root: Path, n: int, height: int, width: int, classes: int = 10) 
 
     rng = np.random.default_rng(0)
     for i in range(n):
-        split = "val" if (i // classes) % 10 == 9 else "train"  # every class in both
-        folder = root / split / f"c{i % classes}"
+        # runs of 10 images per class, the 10th for val: val's classes are all in train
+        split = "val" if i % 10 == 9 else "train"
+        folder = root / split / f"c{(i // 10) % classes}"
         folder.mkdir(parents=True, exist_ok=True)
         coarse = rng.integers(0, 256, (height // 25 + 1, width // 25 + 1, 3), dtype=np.uint8)
         img = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC))

@@ -26,7 +26,7 @@ Options (``data.options``):
   ``ratio`` [3/4, 4/3], horizontal flip when ``hflip``) or ``eval`` (no augmentation).
 - ``mean`` / ``std``: per channel (ImageNet's by default; ``data.normalize: false``
   keeps ``[0, 1]``); ``channels``: 3 or 1.
-- ``workers`` (``auto``: CPUs per local rank, at most 8), ``prefetch`` (2 batches per
+- ``workers`` (``auto``: CPUs per local rank, at most 16), ``prefetch`` (2 batches per
   worker), ``pin_memory`` (``auto``: on CUDA); ``backend``: ``auto`` (torchvision's
   transforms when importable), ``kdlab``, ``torchvision``.
 - ``shuffle_buffer`` (shards only, 2000): samples mixed per worker on top of the

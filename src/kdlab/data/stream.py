@@ -208,10 +208,10 @@ class _EpochKeys:
 
 
 def default_workers() -> int:
-    """A worker count per process: the CPUs shared among this node's ranks, at most 8."""
+    """A worker count per process: the CPUs shared among this node's ranks, at most 16."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, min(8, (cpus or 1) // max(local, 1)))
+    return max(1, min(16, (cpus or 1) // max(local, 1)))
 
 
 class StreamLoader:
