@@ -113,6 +113,10 @@ def test_checks_and_options(tree: Path, tmp_path: Path) -> None:
     os.symlink(tree / "train", tmp_path / "t" / "train")
     with pytest.raises(DataError, match="no val/ folder"):
         build_dataset(_stream(tmp_path / "t"))
+    with pytest.raises(DataError, match="workers must be 'auto' or an int >= 0"):
+        make_loader(bundle.test, 8, train=False, workers=-1)
+    with pytest.raises(DataError, match="did you mean 'prefetch'"):
+        make_loader(bundle.test, 8, train=False, prefetchs=4)
     # Small enough and no random crop: auto holds it in memory, decoded once.
     small = build_dataset(_stream(tree, train_transform="eval", stream="auto"))
     assert isinstance(small.train, TensorSplit) and small.train.x.shape == (300, 3, 64, 64)

@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from kdlab.config import DataConfig
 from kdlab.data.base import DataBundle, stratified_split
 from kdlab.data.loader import Batch
-from kdlab.data.stream import default_workers
+from kdlab.data.stream import LoaderSpec, StreamingSplit, on_device
 from kdlab.data.transforms import ImageTransform, sample_seed
 from kdlab.errors import DataError
 
@@ -155,7 +155,7 @@ def write_shards(
 # ---------------------------------------------------------------- reading
 
 
-class ShardSplit:
+class ShardSplit(StreamingSplit):
     """A split held in tar shards; ``keep`` (sorted indices into the shard set) lets a
     validation split be carved out of the training shards without rewriting them."""
 
@@ -241,29 +241,8 @@ class ShardSplit:
             self.shuffle_buffer,
         )
 
-    def loader(
-        self,
-        batch_size: int,
-        *,
-        train: bool,
-        drop_last: bool = False,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        device: torch.device | str | None = None,
-        **opts: Any,
-    ) -> ShardLoader:
-        return ShardLoader(
-            self,
-            batch_size,
-            train=train,
-            drop_last=drop_last,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-            device=device,
-            **{**self.loader_defaults, **opts},
-        )
+    def _make_loader(self, spec: LoaderSpec) -> ShardLoader:
+        return ShardLoader(self, spec)
 
 
 class _ShardStream(IterableDataset):
@@ -332,34 +311,15 @@ class _Plan:
 class ShardLoader:
     """Yields ``(x, y, index)`` batches from shards (see the module docstring)."""
 
-    def __init__(
-        self,
-        split: ShardSplit,
-        batch_size: int,
-        *,
-        train: bool,
-        drop_last: bool,
-        seed: int,
-        rank: int,
-        world_size: int,
-        device: torch.device | str | None,
-        workers: int | str = "auto",
-        prefetch: int = 2,
-        pin_memory: bool | str = "auto",
-    ) -> None:
+    def __init__(self, split: ShardSplit, spec: LoaderSpec) -> None:
         self.split = split
-        self.batch_size = batch_size
-        self.train = train
-        self.drop_last = drop_last
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.transform = split.train_transform if train else split.eval_transform
-        self.random = train and self.transform.is_random
-        self.workers = default_workers() if workers == "auto" else workers
-        if not isinstance(self.workers, int) or self.workers < 0:
-            raise DataError(f"data.options.workers must be 'auto' or an int >= 0, got {workers!r}")
-        self.prefetch = prefetch
-        self.pin = self.device.type == "cuda" if pin_memory == "auto" else bool(pin_memory)
+        self.spec = spec
+        self.batch_size, self.train, self.drop_last = spec.batch_size, spec.train, spec.drop_last
+        self.seed, self.rank, self.world_size = spec.seed, spec.rank, spec.world_size
+        self.device = spec.device
+        self.workers = spec.workers
+        self.transform = split.train_transform if spec.train else split.eval_transform
+        self.random = spec.train and self.transform.is_random
         self.epoch = 0
         self.start_batch = 0
         self.plan = _Plan([], [], [])  # set by __iter__, read by the workers
@@ -406,19 +366,9 @@ class ShardLoader:
         self.plan = self._plan(self.start_batch)
         self.start_batch = 0
         loader = DataLoader(
-            _ShardStream(self.split, self),
-            batch_size=None,
-            num_workers=self.workers,
-            pin_memory=self.pin,
-            prefetch_factor=self.prefetch if self.workers else None,
+            _ShardStream(self.split, self), batch_size=None, **self.spec.dataloader_kwargs()
         )
-        non_blocking = self.device.type == "cuda"
-        for x, y, idx in loader:
-            yield (
-                x.to(self.device, non_blocking=non_blocking),
-                y.to(self.device, non_blocking=non_blocking),
-                idx.to(self.device, non_blocking=non_blocking),
-            )
+        yield from on_device(loader, self.device)
 
 
 def shard_bundle(

@@ -19,7 +19,8 @@ every checkpoint and the same worker count on resume, and adds a dependency.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from kdlab.data.loader import Batch, batches_per_epoch, epoch_order
 from kdlab.data.transforms import ImageTransform, sample_seed
-from kdlab.errors import DataError
+from kdlab.errors import DataError, did_you_mean
 
 Key = tuple[int, "int | None"]
 
@@ -80,7 +81,82 @@ def open_image(path: str, mode: str) -> Any:
         raise DataError(f"{path}: not a readable image ({err})") from None
 
 
-class FolderSplit:
+@dataclass(frozen=True)
+class LoaderSpec:
+    """What a streaming loader is asked for: the ``make_loader`` arguments plus the
+    split's worker options (``data.options.workers``, ``prefetch``, ``pin_memory``)."""
+
+    batch_size: int
+    train: bool
+    drop_last: bool
+    seed: int
+    rank: int
+    world_size: int
+    device: torch.device
+    workers: int
+    prefetch: int
+    pin: bool
+
+    def dataloader_kwargs(self) -> dict[str, Any]:
+        return {
+            "num_workers": self.workers,
+            "pin_memory": self.pin,
+            "prefetch_factor": self.prefetch if self.workers else None,
+        }
+
+
+class StreamingSplit:
+    """Base of the splits read from disk: ``loader`` (what :func:`kdlab.data.make_loader`
+    calls) checks the worker options and hands a :class:`LoaderSpec` to ``_make_loader``."""
+
+    loader_defaults: dict[str, Any]
+
+    def loader(
+        self,
+        batch_size: int,
+        *,
+        train: bool,
+        drop_last: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | str | None = None,
+        **opts: Any,
+    ) -> Any:
+        options = {"workers": "auto", "prefetch": 2, "pin_memory": "auto"}
+        for key, value in {**self.loader_defaults, **opts}.items():
+            if key not in options:
+                raise DataError(f"unknown loader option {key!r}; {did_you_mean(key, options)}")
+            options[key] = value
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        workers, prefetch, pin = options["workers"], options["prefetch"], options["pin_memory"]
+        if workers == "auto":
+            workers = default_workers()
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+            raise DataError(f"data.options.workers must be 'auto' or an int >= 0, got {workers!r}")
+        if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 1:
+            raise DataError(f"data.options.prefetch must be an int >= 1, got {prefetch!r}")
+        if pin not in ("auto", True, False):
+            raise DataError(f"data.options.pin_memory must be auto, true or false, got {pin!r}")
+        spec = LoaderSpec(
+            batch_size,
+            train,
+            drop_last,
+            seed,
+            rank,
+            world_size,
+            dev,
+            workers,
+            prefetch,
+            dev.type == "cuda" if pin == "auto" else pin,
+        )
+        return self._make_loader(spec)
+
+    def _make_loader(self, spec: LoaderSpec) -> Any:
+        raise NotImplementedError
+
+
+class FolderSplit(StreamingSplit):
     """A split of image files read on demand (see the module docstring).
 
     Offers what the engine relies on: ``len``, ``y`` (every label, in index order),
@@ -127,32 +203,9 @@ class FolderSplit:
             self.loader_defaults,
         )
 
-    def loader(
-        self,
-        batch_size: int,
-        *,
-        train: bool,
-        drop_last: bool = False,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        device: torch.device | str | None = None,
-        **opts: Any,
-    ) -> StreamLoader:
-        transform = self.train_transform if train else self.eval_transform
-        options = {**self.loader_defaults, **opts}
-        return StreamLoader(
-            _Samples(self, transform),
-            batch_size,
-            shuffle=train,
-            drop_last=drop_last,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-            device=device,
-            random=train and transform.is_random,
-            **options,
-        )
+    def _make_loader(self, spec: LoaderSpec) -> StreamLoader:
+        transform = self.train_transform if spec.train else self.eval_transform
+        return StreamLoader(_Samples(self, transform), spec, spec.train and transform.is_random)
 
 
 class _Samples(Dataset):
@@ -219,43 +272,27 @@ class StreamLoader:
     decodes in the main process). ``set_epoch`` before each epoch; ``start_batch = k``
     makes the next ``__iter__`` start at batch ``k`` of that epoch's order."""
 
-    def __init__(
-        self,
-        dataset: Dataset,
-        batch_size: int,
-        *,
-        shuffle: bool,
-        drop_last: bool,
-        seed: int,
-        rank: int,
-        world_size: int,
-        device: torch.device | str | None,
-        random: bool,
-        workers: int | str = "auto",
-        prefetch: int = 2,
-        pin_memory: bool | str = "auto",
-    ) -> None:
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        if workers == "auto":
-            workers = default_workers()
-        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
-            raise DataError(f"data.options.workers must be 'auto' or an int >= 0, got {workers!r}")
-        if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 1:
-            raise DataError(f"data.options.prefetch must be an int >= 1, got {prefetch!r}")
-        pin = self.device.type == "cuda" if pin_memory == "auto" else bool(pin_memory)
-        self.workers = workers
+    def __init__(self, dataset: Dataset, spec: LoaderSpec, random: bool) -> None:
+        self.spec = spec
+        self.device = spec.device
+        self.workers = spec.workers
         self.epoch = 0
         self.start_batch = 0
         self._keys = _EpochKeys(
-            len(dataset), batch_size, shuffle, drop_last, seed, rank, world_size, random
+            len(dataset),
+            spec.batch_size,
+            spec.train,
+            spec.drop_last,
+            spec.seed,
+            spec.rank,
+            spec.world_size,
+            random,
         )
         self._loader = DataLoader(
             dataset,
             batch_sampler=self._keys,
-            num_workers=workers,
-            pin_memory=pin,
-            prefetch_factor=prefetch if workers else None,
-            persistent_workers=workers > 0,
+            persistent_workers=spec.workers > 0,
+            **spec.dataloader_kwargs(),
         )
 
     def set_epoch(self, epoch: int) -> None:
@@ -267,16 +304,18 @@ class StreamLoader:
     def __iter__(self) -> Iterator[Batch]:
         self._keys.epoch = self.epoch
         self._keys.start, self.start_batch = self.start_batch, 0
-        non_blocking = self.device.type == "cuda"
-        try:
-            for x, y, idx in self._loader:
-                yield (
-                    x.to(self.device, non_blocking=non_blocking),
-                    y.to(self.device, non_blocking=non_blocking),
-                    idx.to(self.device, non_blocking=non_blocking),
-                )
-        except DataError as err:  # re-raised from a worker with its traceback: keep the line
-            raise DataError(_last_line(str(err))) from None
+        yield from on_device(self._loader, self.device)
+
+
+def on_device(batches: Iterable[Batch], device: torch.device) -> Iterator[Batch]:
+    """Batches moved to ``device`` (asynchronously from pinned memory on CUDA); a
+    DataError raised in a worker comes back as its own one-line message."""
+    non_blocking = device.type == "cuda"
+    try:
+        for batch in batches:
+            yield tuple(t.to(device, non_blocking=non_blocking) for t in batch)  # type: ignore[misc]
+    except DataError as err:  # re-raised from a worker with its traceback: keep the line
+        raise DataError(_last_line(str(err))) from None
 
 
 def _last_line(message: str) -> str:
