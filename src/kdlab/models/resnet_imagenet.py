@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlab.models import register_model
-from kdlab.models.resnet import BasicBlock
+from kdlab.models.resnet import BasicBlock, projection
 
 
 class Bottleneck(nn.Module):
@@ -43,11 +43,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(cout)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
-            )
+        self.downsample = projection(cin, cout, stride)
         self.relu = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
