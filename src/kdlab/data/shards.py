@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from kdlab.config import DataConfig
 from kdlab.data.base import DataBundle, stratified_split
 from kdlab.data.loader import Batch
-from kdlab.data.stream import LoaderSpec, StreamingSplit, on_device
+from kdlab.data.stream import LoaderSpec, StreamingSplit, on_device, open_image
 from kdlab.data.transforms import ImageTransform, sample_seed
 from kdlab.errors import DataError
 
@@ -190,19 +190,12 @@ class ShardSplit(StreamingSplit):
         return np.diff(np.searchsorted(self.keep, self.offsets))
 
     def decode(self, sample: dict[str, Any], transform: ImageTransform, seed: int | None) -> Tensor:
-        from PIL import Image  # noqa: PLC0415
-
+        where = f"{sample.get('__url__')}: sample {sample['__key__']}"
         key = next((k for k in IMAGE_KEYS if k in sample), None)
         if key is None:
-            raise DataError(f"{sample.get('__url__')}: sample {sample['__key__']} has no image")
-        try:
-            with Image.open(io.BytesIO(sample[key])) as img:
-                img = img.convert("L" if self.channels == 1 else "RGB")
-        except (OSError, ValueError) as err:
-            raise DataError(
-                f"{sample.get('__url__')}: sample {sample['__key__']} is not an image ({err})"
-            ) from None
-        return transform(img, seed)
+            raise DataError(f"{where} has no image (none of {', '.join(IMAGE_KEYS)})")
+        mode = "L" if self.channels == 1 else "RGB"
+        return transform(open_image(io.BytesIO(sample[key]), mode, where), seed)
 
     def samples(self, shard: int) -> Iterator[tuple[int, dict[str, Any]]]:
         """``(position in this split, raw sample)`` of the kept samples of one shard."""
@@ -233,7 +226,7 @@ class ShardSplit(StreamingSplit):
             self.base,
             self.shards,
             self.labels,
-            self.keep[np.asarray(idx, dtype=np.int64)],
+            np.sort(self.keep[np.asarray(idx, dtype=np.int64)]),  # shard order
             self.train_transform,
             self.eval_transform,
             self.channels,
@@ -375,6 +368,8 @@ def shard_bundle(
     cfg: DataConfig, opts: dict[str, Any], transforms: tuple[Any, Any], size: tuple[int, int]
 ) -> DataBundle:
     """The ``imagenet`` dataset's bundle when ``data.root`` holds shards."""
+    from kdlab.data.imagenet import LOADER_KEYS  # noqa: PLC0415 - it imports this module
+
     import_webdataset()
     root = cfg.root or ""
     base = str(Path(root).expanduser()) if "://" not in root else root
@@ -392,7 +387,7 @@ def shard_bundle(
             None,
             *transforms,
             channels=opts["channels"],
-            loader_defaults={k: opts[k] for k in ("workers", "prefetch", "pin_memory")},
+            loader_defaults={k: opts[k] for k in LOADER_KEYS},
             shuffle_buffer=int(opts["shuffle_buffer"]),
         )
 

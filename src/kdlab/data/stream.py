@@ -59,8 +59,7 @@ class PathList:
         return len(self._offsets) - 1
 
     def __getitem__(self, i: int) -> str:
-        name = self._data[self._offsets[i] : self._offsets[i + 1]].tobytes().decode("utf-8")
-        return os.path.join(self.root, name)
+        return os.path.join(self.root, self.name(i))
 
     def take(self, idx: np.ndarray) -> PathList:
         return PathList.from_names(self.root, [self.name(int(i)) for i in idx])
@@ -69,16 +68,17 @@ class PathList:
         return self._data[self._offsets[i] : self._offsets[i + 1]].tobytes().decode("utf-8")
 
 
-def open_image(path: str, mode: str) -> Any:
-    """A decoded Pillow image in ``mode`` (RGB or L); a DataError names a bad file."""
+def open_image(source: Any, mode: str, name: str | None = None) -> Any:
+    """A decoded Pillow image in ``mode`` (RGB or L) from a path or a binary file object;
+    a DataError names the bad file (``name``, default ``source``)."""
     from PIL import Image  # noqa: PLC0415 - optional extra, imported where files are read
 
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.load()
             return img if img.mode == mode else img.convert(mode)
     except (OSError, ValueError) as err:
-        raise DataError(f"{path}: not a readable image ({err})") from None
+        raise DataError(f"{name or source}: not a readable image ({err})") from None
 
 
 @dataclass(frozen=True)
@@ -227,35 +227,27 @@ class _EpochKeys:
     """The batch sampler: one epoch's batches of ``(index, sample seed)`` keys, from
     batch ``start`` on. Lives in the main process, so persistent workers need no state."""
 
-    def __init__(
-        self,
-        n: int,
-        batch_size: int,
-        shuffle: bool,
-        drop_last: bool,
-        seed: int,
-        rank: int,
-        world_size: int,
-        random: bool,
-    ) -> None:
-        self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
-        self.seed, self.rank, self.world_size, self.random = seed, rank, world_size, random
+    def __init__(self, n: int, spec: LoaderSpec, random: bool) -> None:
+        self.n, self.spec, self.random = n, spec, random
         self.epoch = 0
         self.start = 0
 
     def total(self) -> int:
-        return batches_per_epoch(self.n, self.batch_size, self.drop_last, self.world_size)
+        return batches_per_epoch(
+            self.n, self.spec.batch_size, self.spec.drop_last, self.spec.world_size
+        )
 
     def __len__(self) -> int:
         return max(self.total() - self.start, 0)
 
     def __iter__(self) -> Iterator[list[Key]]:
-        order = epoch_order(self.n, self.shuffle, self.seed, self.epoch, self.rank, self.world_size)
-        b = self.batch_size
+        spec = self.spec  # training loaders shuffle
+        order = epoch_order(self.n, spec.train, spec.seed, self.epoch, spec.rank, spec.world_size)
+        b = spec.batch_size
         for k in range(self.start, self.total()):
             idx = order[k * b : (k + 1) * b].tolist()
             if self.random:
-                yield [(i, sample_seed(self.seed, self.epoch, i)) for i in idx]
+                yield [(i, sample_seed(spec.seed, self.epoch, i)) for i in idx]
             else:
                 yield [(i, None) for i in idx]
 
@@ -278,16 +270,7 @@ class StreamLoader:
         self.workers = spec.workers
         self.epoch = 0
         self.start_batch = 0
-        self._keys = _EpochKeys(
-            len(dataset),
-            spec.batch_size,
-            spec.train,
-            spec.drop_last,
-            spec.seed,
-            spec.rank,
-            spec.world_size,
-            random,
-        )
+        self._keys = _EpochKeys(len(dataset), spec, random)
         self._loader = DataLoader(
             dataset,
             batch_sampler=self._keys,
