@@ -268,10 +268,8 @@ def time_streaming(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description="Check kdlab's CUDA paths and time KD on one GPU; writes RESULTS-gpu.md.",
-        allow_abbrev=False,
-    )
+    about = "Check kdlab's CUDA paths and time KD on one GPU; writes RESULTS-gpu.md."
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=about)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS-gpu.md"))
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     parser.add_argument("--images", type=int, default=4096, help="generated JPEGs to stream")
