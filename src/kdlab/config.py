@@ -406,7 +406,10 @@ class RunConfig(Strict):
         # DDP workers, eval, export) has the plugin's names; kept as absolute paths.
         from kdlab.plugins import load_plugins  # noqa: PLC0415
 
-        return load_plugins(paths)
+        try:
+            return load_plugins(paths)
+        except KdlabError as err:  # kdlab's own errors pass through verbatim: name the key
+            raise ConfigError(f"key 'plugins': {err}") from None
 
 
 # ---------------------------------------------------------------- validation
