@@ -19,6 +19,8 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializeAsAny,
+    StrictInt,
+    StrictStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -71,6 +73,11 @@ class ModelConfig(Strict):
     name: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str | None = Field(None, description="a .safetensors file or a run folder")
+    output: StrictInt | StrictStr | None = Field(
+        None,
+        description="which part of the model's output is the logits when it returns a tuple "
+        "or dict: an index, a key, or 'logits' (default: the only tensor, or .logits)",
+    )
 
 
 class OptimizerConfig(Strict):
@@ -388,11 +395,27 @@ class RunConfig(Strict):
     name: str = "run"
     seed: int = Field(0, ge=0, lt=2**32, description="torch and numpy take 0 <= seed < 2**32")
     output_dir: str = "runs"
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="local .py files run before names resolve: they run code (docs/security.md)",
+    )
     data: DataConfig = DataConfig()
     student: ModelConfig
     teacher: ModelConfig | None = None
     distill: DistillConfig = Field(default_factory=DistillConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("plugins")
+    @classmethod
+    def _load_plugins(cls, paths: list[str]) -> list[str]:
+        # Loaded while the recipe is validated, so every process that reads it (spawned
+        # DDP workers, eval, export) has the plugin's names; kept as absolute paths.
+        from kdlab.plugins import load_plugins  # noqa: PLC0415
+
+        try:
+            return load_plugins(paths)
+        except KdlabError as err:  # kdlab's own errors pass through verbatim: name the key
+            raise ConfigError(f"key 'plugins': {err}") from None
 
 
 # ---------------------------------------------------------------- validation
