@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlab.config import load_config
-from kdlab.data import DataBundle, TensorSplit, make_loader
+from kdlab.config import DataConfig, load_config
+from kdlab.data import DataBundle, TensorSplit, build_dataset, make_loader
 from kdlab.data.base import check_bundle
 from kdlab.distiller import Distiller
 from kdlab.engine import train
@@ -268,3 +269,20 @@ def test_jacobian_declares_its_input_and_refuses_token_ids() -> None:
     want = ref(px, y).losses["jacobian"]
     assert got.item() == pytest.approx(want.item(), rel=1e-6) and got.item() > 0
     assert got.requires_grad
+
+
+def test_token_npz_errors(tmp_path: Path) -> None:
+    ids = np.ones((6, 4), dtype=np.int64)
+    np.savez(tmp_path / "a.npz", input_ids=ids, y=np.arange(6) % 2, input_ids_test=ids)
+    with pytest.raises(DataError, match=r"expected \['input_ids_test', 'y_test'\]"):
+        build_dataset(DataConfig(name="npz", root=str(tmp_path / "a.npz")))
+    np.savez(tmp_path / "b.npz", input_ids=ids[..., None], y=np.arange(6) % 2)
+    with pytest.raises(DataError, match=r"b.npz\[input_ids\]: token ids and masks must be 2-D"):
+        build_dataset(DataConfig(name="npz", root=str(tmp_path / "b.npz")))
+    np.savez(tmp_path / "c.npz", input_ids=ids, y=np.arange(6) % 2)
+    ncl = DataConfig(name="npz", root=str(tmp_path / "c.npz"), options={"layout": "ncl"})
+    with pytest.raises(DataError, match="layout applies to an array x"):
+        build_dataset(ncl)
+    bundle = build_dataset(DataConfig(name="npz", root=str(tmp_path / "c.npz")))
+    assert bundle.train.x["input_ids"].dtype == torch.int64
+    assert bundle.extra["inputs"] == ["input_ids"]

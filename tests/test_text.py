@@ -243,21 +243,15 @@ def test_text_data_errors_name_the_file_and_option(pair: dict[str, Path], tmp_pa
         build_dataset(DataConfig(name="text", root=str(path), options={"tokeniser": "x"}))
 
 
-def test_token_npz_errors(tmp_path: Path) -> None:
-    ids = np.ones((6, 4), dtype=np.int64)
-    np.savez(tmp_path / "a.npz", input_ids=ids, y=np.arange(6) % 2, input_ids_test=ids)
-    with pytest.raises(DataError, match=r"expected \['input_ids_test', 'y_test'\]"):
-        build_dataset(DataConfig(name="npz", root=str(tmp_path / "a.npz")))
-    np.savez(tmp_path / "b.npz", input_ids=ids[..., None], y=np.arange(6) % 2)
-    with pytest.raises(DataError, match=r"b.npz\[input_ids\]: token ids and masks must be 2-D"):
-        build_dataset(DataConfig(name="npz", root=str(tmp_path / "b.npz")))
-    np.savez(tmp_path / "c.npz", input_ids=ids, y=np.arange(6) % 2)
-    ncl = DataConfig(name="npz", root=str(tmp_path / "c.npz"), options={"layout": "ncl"})
-    with pytest.raises(DataError, match="layout applies to an array x"):
-        build_dataset(ncl)
-    bundle = build_dataset(DataConfig(name="npz", root=str(tmp_path / "c.npz")))
-    assert bundle.train.x["input_ids"].dtype == torch.int64
-    assert bundle.extra["inputs"] == ["input_ids"]
+def test_missing_datasets_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import fails as if absent
+    path = _write(tmp_path / "t.jsonl", _rows())
+    with pytest.raises(DataError, match=r"pip install 'kdlab\[text\]'"):
+        build_dataset(DataConfig(name="text", root=str(path)))
 
 
 def test_a_text_file_trains_from_the_cli(pair: dict[str, Path], tmp_path: Path) -> None:
