@@ -311,6 +311,34 @@ def split_labelled(
     )
 
 
+def named_inputs_bundle(
+    cfg: Any,
+    x: dict[str, np.ndarray],
+    y: np.ndarray,
+    test: tuple[dict[str, np.ndarray], np.ndarray] | None,
+    sources: tuple[str, str],
+    options: Mapping[str, Any],
+    name: str,
+    extra: dict[str, object],
+) -> DataBundle:
+    """The bundle of a file of named inputs (``input_ids``, masks...) and labels, split by
+    :func:`split_labelled`: ``in_channels`` 1, ``image_size`` ``(L,)`` of ``input_ids``,
+    ``extra`` with the input names and the label map."""
+    train, val, test_split, num_classes, mapping = split_labelled(
+        cfg, x, y, test, sources, options
+    )
+    return DataBundle(
+        train=train,
+        val=val,
+        test=test_split,
+        num_classes=num_classes,
+        in_channels=1,
+        image_size=(int(x["input_ids"].shape[1]),),
+        name=name,
+        extra={**extra, "inputs": list(x), "label_map": mapping},
+    )
+
+
 def take_per_class(split: Split, n: int, seed: int = 0) -> Split:
     """The first ``n`` samples of each class after a seeded shuffle (few-shot)."""
     y = split.y.numpy()

@@ -48,7 +48,7 @@ import numpy as np
 
 from kdlab.config import DataConfig
 from kdlab.data import options_for, register_dataset
-from kdlab.data.base import DataBundle, check_finite, split_labelled
+from kdlab.data.base import DataBundle, check_finite, named_inputs_bundle, split_labelled
 from kdlab.errors import DataError
 
 LAYOUTS = {"nchw": 4, "nhwc": 4, "nhw": 3, "ncl": 3}
@@ -196,7 +196,7 @@ def _token_bundle(
             f"expected {wanted}, found {found}"
         )
     x = {k: _token_input(arrays[k], f"{path}[{k}]") for k in names}
-    n, length = x["input_ids"].shape
+    n = x["input_ids"].shape[0]
     for k, v in x.items():
         if v.shape[0] != n:
             raise DataError(f"{path}: {n} rows of input_ids but {v.shape[0]} of {k}")
@@ -208,19 +208,8 @@ def _token_bundle(
         if any(v.shape[0] != n_test for v in x_test.values()):
             raise DataError(f"{path}: the _test inputs have different numbers of rows")
         test = (x_test, _labels(arrays["y_test"], n_test, f"{path}[y_test]"))
-    train, val, test_split, num_classes, mapping = split_labelled(
-        cfg, x, y, test, (f"{path}[y]", f"{path}[y_test]"), opts
-    )
-    return DataBundle(
-        train=train,
-        val=val,
-        test=test_split,
-        num_classes=num_classes,
-        in_channels=1,
-        image_size=(length,),
-        name="npz",
-        extra={"root": str(path), "inputs": names, "label_map": mapping},
-    )
+    sources = (f"{path}[y]", f"{path}[y_test]")
+    return named_inputs_bundle(cfg, x, y, test, sources, opts, "npz", {"root": str(path)})
 
 
 def _token_input(a: np.ndarray, source: str) -> np.ndarray:

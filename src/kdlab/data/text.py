@@ -37,7 +37,7 @@ import numpy as np
 
 from kdlab.config import DataConfig
 from kdlab.data import options_for, register_dataset
-from kdlab.data.base import DataBundle, split_labelled
+from kdlab.data.base import DataBundle, named_inputs_bundle
 from kdlab.errors import DataError
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json"}
@@ -247,22 +247,8 @@ def text(cfg: DataConfig) -> DataBundle:
     }
     test = (inputs["test"], labels["test"]) if "test" in tables else None
     sources = (f"{paths['train']}[{opts['label']}]", f"{paths.get('test')}[{opts['label']}]")
-    train, val, test_split, num_classes, mapping = split_labelled(
-        cfg, inputs["train"], labels["train"], test, sources, opts
-    )
-    length = inputs["train"]["input_ids"].shape[1]
-    return DataBundle(
-        train=train,
-        val=val,
-        test=test_split,
-        num_classes=num_classes,
-        in_channels=1,
-        image_size=(length,),
-        name="text",
-        extra={
-            "root": str(cfg.root),
-            "inputs": list(inputs["train"]),
-            "tokenizer": opts["tokenizer"] if tokenise else None,
-            "label_map": mapping,
-        },
+    tokenizer = opts["tokenizer"] if tokenise else None
+    extra: dict[str, object] = {"root": str(cfg.root), "tokenizer": tokenizer}
+    return named_inputs_bundle(
+        cfg, inputs["train"], labels["train"], test, sources, opts, "text", extra
     )
