@@ -15,7 +15,7 @@ from kdlab.functional.jacobian import (
     output_input_gradients,
     select_classes,
 )
-from kdlab.inputs import PLAIN, describe, float_inputs, named
+from kdlab.inputs import describe, named
 from kdlab.methods.base import Pass, StepContext, Term, TermParams
 
 
@@ -92,18 +92,17 @@ class JacobianMatching(Term):
         return logits
 
     def _input(self, p: Pass) -> Tensor:
-        declared = self.params.input
-        keys = float_inputs(p.input, None if declared is None else [declared], self._who)
-        if len(keys) != 1:
+        # The Distiller checked the declared input (present, floating point) when built.
+        tensors = named(p.input)
+        if self.params.input is not None:
+            return tensors[self.params.input]
+        floats = [t for t in tensors.values() if t.is_floating_point()]
+        if len(floats) != 1:
             raise ConfigError(
-                f"{self._who} needs one input; the batch has several floating-point ones "
-                f"({describe(p.input)}): set the term's 'input:' to one of them"
+                f"term {self.term_name!r} (jacobian) differentiates one input; the batch has "
+                f"several floating-point ones ({describe(p.input)}): set the term's 'input:'"
             )
-        return named(p.input)[keys[0] or PLAIN]
-
-    @property
-    def _who(self) -> str:
-        return f"term {self.term_name!r} (method 'jacobian') differentiates its input and"
+        return floats[0]
 
     def forward(self, ctx: StepContext) -> Tensor:
         p = self.params
