@@ -172,6 +172,10 @@ class TrainConfig(Strict):
     )
     select: SelectConfig = Field(default_factory=SelectConfig)
     progress: bool = True
+    loggers: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list,
+        description="also log scalars and the recipe to TensorBoard / MLflow (opt-in extras)",
+    )
 
     @model_validator(mode="before")
     @classmethod

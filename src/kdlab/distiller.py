@@ -11,9 +11,20 @@ import torch
 from torch import Tensor, nn
 
 from kdlab.errors import ConfigError, KdlabError, ModelError, TapError, did_you_mean
+from kdlab.inputs import (
+    Inputs,
+    call_model,
+    describe,
+    detach,
+    float_inputs,
+    head,
+    map_inputs,
+    named,
+    requires_grad,
+)
 from kdlab.methods.base import Pass, Shapes, StepContext, Term
 from kdlab.taps import FeatureTaps, Tap, model_logits
-from kdlab.views import ViewFn, check_view, identity
+from kdlab.views import ViewFn, as_view, check_view, identity
 
 
 class IdleTermWarning(UserWarning):
@@ -36,13 +47,18 @@ class Distiller(nn.Module):
     the module tree, so ``state_dict()``, ``parameters()`` and DDP see the student and
     the terms' adapters only; ``to()`` moves the teacher too.
 
+    A batch's input is one tensor or a dict of tensors, passed to both models as keyword
+    arguments (:mod:`kdlab.inputs`); integer inputs keep their dtype. Views and input
+    gradients (a term's ``input:``) touch floating-point inputs only.
+
     Args:
         student: the model being trained.
         teacher: the trained model, or None for label-only recipes.
         terms: the recipe's terms.
-        views: named input views (``default`` is added).
-        example_input: a batch (any size) used to probe tap shapes so terms can build
-            their adapters; required when a term has taps.
+        views: named input views (``default`` is added); a plain ``Tensor -> Tensor``
+            function applies to every floating-point input.
+        example_input: a batch's input (any size) used to probe tap shapes so terms can
+            build their adapters; required when a term has taps.
     """
 
     def __init__(
@@ -51,13 +67,16 @@ class Distiller(nn.Module):
         teacher: nn.Module | None,
         terms: Sequence[Term],
         views: Mapping[str, ViewFn] | None = None,
-        example_input: Tensor | None = None,
+        example_input: Inputs | None = None,
     ) -> None:
         super().__init__()
         self.student = student
         self._teacher = [teacher] if teacher is not None else []
         self.terms = nn.ModuleDict({t.term_name: t for t in terms})
-        self.views: dict[str, ViewFn] = {"default": identity(), **(views or {})}
+        self.views: dict[str, ViewFn] = {
+            "default": identity(),
+            **{name: as_view(fn, name) for name, fn in (views or {}).items()},
+        }
         for term in terms:
             check_view(term.params.student_view, self.views, f"term {term.term_name!r}")
             check_view(term.params.teacher_view, self.views, f"term {term.term_name!r}")
@@ -81,6 +100,7 @@ class Distiller(nn.Module):
         self._idle_warned = False
         self._check_logits_fit(example_input)
         if example_input is not None:
+            self._check_input_grads(example_input)
             self._setup_terms(example_input)
         elif any(term.student_taps() or term.teacher_taps() for term in terms):
             raise ConfigError("terms with taps need example_input to probe their shapes")
@@ -102,25 +122,42 @@ class Distiller(nn.Module):
             self.teacher.eval()  # frozen: BN statistics and dropout stay in eval
         return self
 
-    def _check_logits_fit(self, example: Tensor | None) -> None:
+    def _check_logits_fit(self, example: Inputs | None) -> None:
         # One small forward now: a model whose logits cannot be found (or do not fit the
         # teacher's) fails here, naming its outputs, not at the first training step.
         if example is None:
             return
+        example = head(example, 2)
         with torch.no_grad():
-            s = model_logits(_eval_forward(self.student, example[:2]), where="the student")
+            s = model_logits(_eval_forward(self.student, example), where="the student")
             if self.teacher is None:
                 return
-            t = model_logits(_eval_forward(self.teacher, example[:2]), where="the teacher")
+            t = model_logits(_eval_forward(self.teacher, example), where="the teacher")
         if s.shape[1:] != t.shape[1:]:
             raise ModelError(
                 f"student outputs {tuple(s.shape[1:])} but teacher outputs "
                 f"{tuple(t.shape[1:])}: they must predict the same classes"
             )
 
+    def _check_input_grads(self, example: Inputs) -> None:
+        # A term differentiating an integer input (token ids) fails here, naming itself.
+        for term in self.terms.values():
+            if term.student_input_grad:
+                self._grad_keys(term, self.views[term.params.student_view](head(example, 2)))
+            if term.teacher_input_grad:
+                self._grad_keys(term, self.views[term.params.teacher_view](head(example, 2)))
+
+    @staticmethod
+    def _grad_keys(term: Term, x: Inputs) -> list[str | None]:
+        """The inputs a term takes gradients with respect to (its ``input:``, else every
+        floating-point input)."""
+        declared = term.params.get("input")
+        who = f"term {term.term_name!r} (method {term.method!r}) differentiates its input and"
+        return float_inputs(x, None if declared is None else [declared], who)
+
     @torch.no_grad()
-    def _setup_terms(self, example: Tensor) -> None:
-        example = example[:2]
+    def _setup_terms(self, example: Inputs) -> None:
+        example = head(example, 2)
         s_shapes: dict[str, dict[Tap, torch.Size]] = {}
         t_shapes: dict[str, dict[Tap, torch.Size]] = {}
         for term in self.terms.values():
@@ -146,7 +183,7 @@ class Distiller(nn.Module):
                 ) from err
 
     @staticmethod
-    def _probe(model: nn.Module, taps: FeatureTaps, x: Tensor) -> dict[Tap, torch.Size]:
+    def _probe(model: nn.Module, taps: FeatureTaps, x: Inputs) -> dict[Tap, torch.Size]:
         taps.clear()
         out = model_logits(_eval_forward(model, x), where=f"the {taps.role}")
         shapes = {tap: taps.get(tap).shape for tap in taps.taps}
@@ -157,7 +194,7 @@ class Distiller(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(
         self,
-        inputs: Tensor,
+        inputs: Inputs,
         targets: Tensor,
         indices: Tensor | None = None,
         losses: Mapping[str, float] | None = None,
@@ -176,31 +213,32 @@ class Distiller(nn.Module):
         if losses is None and not self._idle_warned:
             self._warn_idle_terms()
         plan = self.loss_plan(losses)
-        view_cache: dict[str, Tensor] = {}
+        view_cache: dict[str, Inputs] = {}
 
-        def view(name: str) -> Tensor:
+        def view(name: str) -> Inputs:
             if name not in view_cache:
                 view_cache[name] = inputs if name == "default" else self.views[name](inputs)
             return view_cache[name]
 
         student_passes: dict[str, Pass] = {}
         teacher_passes: dict[str, Pass] = {}
-        for term, _mode, _w in plan:
+        terms = [t for t, _, _ in plan]
+        for term in terms:
             sv, tv = term.params.student_view, term.params.teacher_view
             if sv not in student_passes:
-                grad = any(t.student_input_grad and t.params.student_view == sv for t, _, _ in plan)
+                grad = [t for t in terms if t.student_input_grad and t.params.student_view == sv]
                 student_passes[sv] = self._student_pass(view(sv), grad)
             if term.needs_teacher and tv not in teacher_passes:
-                grad = any(t.teacher_input_grad and t.params.teacher_view == tv for t, _, _ in plan)
+                grad = [t for t in terms if t.teacher_input_grad and t.params.teacher_view == tv]
                 cached = indices if tv == "default" else None  # only the batch itself
                 teacher_passes[tv] = self._teacher_pass(view(tv), grad, cached)
         if not student_passes:  # logits for train accuracy
-            student_passes["default"] = self._student_pass(inputs, False)
+            student_passes["default"] = self._student_pass(inputs, [])
 
         out: dict[str, Tensor] = {}
         for term, mode, weight in plan:
             t_pass = teacher_passes.get(term.params.teacher_view) if term.needs_teacher else None
-            if t_pass is not None and t_pass.input.requires_grad and not term.teacher_input_grad:
+            if t_pass is not None and requires_grad(t_pass.input) and not term.teacher_input_grad:
                 # The teacher ran with a graph for a Jacobian term; other terms must see it
                 # as a constant, or the total's backward would run through the teacher.
                 t_pass = _detached(t_pass)
@@ -214,11 +252,11 @@ class Distiller(nn.Module):
             )
             key = term.term_name if mode is None else f"{term.term_name}.{mode}"
             out[key] = weight * term.loss(ctx, mode)
-        total = torch.stack(list(out.values())).sum() if out else inputs.new_zeros(())
         # Train accuracy uses the default view's logits when some term computed them,
         # else the first view's: an extra train-mode forward on the clean batch would
         # move BatchNorm running statistics towards inputs the student never trains on.
         shown = student_passes.get("default") or next(iter(student_passes.values()))
+        total = torch.stack(list(out.values())).sum() if out else shown.logits.new_zeros(())
         return DistillOutput(total=total, losses=out, logits=shown.logits)
 
     def main_losses(self) -> dict[str, float]:
@@ -260,11 +298,15 @@ class Distiller(nn.Module):
             plan.append((term, mode or None, float(weight)))
         return plan
 
-    def _student_pass(self, x: Tensor, input_grad: bool) -> Pass:
-        if input_grad:
-            x = x.detach().requires_grad_(True)
+    def _with_input_grad(self, x: Inputs, terms: Sequence[Term]) -> Inputs:
+        keys = list(dict.fromkeys(k for term in terms for k in self._grad_keys(term, x)))
+        return map_inputs(x, lambda t: t.detach().requires_grad_(True), keys)
+
+    def _student_pass(self, x: Inputs, grad_terms: Sequence[Term]) -> Pass:
+        if grad_terms:
+            x = self._with_input_grad(x, grad_terms)
         self.student_taps.clear()
-        logits = model_logits(self.student(x), where="the student")
+        logits = model_logits(call_model(self.student, x), where="the student")
         feats = {tap: self.student_taps.get(tap) for tap in self.student_taps.taps}
         return Pass(input=x, logits=logits, features=feats)
 
@@ -278,20 +320,20 @@ class Distiller(nn.Module):
         self._teacher_cache = TeacherCache(num_samples)
 
     def _teacher_pass(
-        self, x: Tensor, input_grad: bool, indices: Tensor | None = None
+        self, x: Inputs, grad_terms: Sequence[Term], indices: Tensor | None = None
     ) -> Pass:
         teacher, taps = self.teacher, self.teacher_taps
         assert teacher is not None and taps is not None
         cache = getattr(self, "_teacher_cache", None)
-        if cache is not None and indices is not None and not input_grad:
+        if cache is not None and indices is not None and not grad_terms:
             hit = cache.get(indices, x)
             if hit is not None:
                 return hit
         taps.clear()
-        if input_grad:  # Jacobian terms differentiate the teacher w.r.t. its input
-            x = x.detach().requires_grad_(True)
+        if grad_terms:  # Jacobian terms differentiate the teacher w.r.t. its input
+            x = self._with_input_grad(x, grad_terms)
             with torch.enable_grad():
-                logits = model_logits(teacher(x), where="the teacher")
+                logits = model_logits(call_model(teacher, x), where="the teacher")
             feats = {tap: taps.get(tap) for tap in taps.taps}
             return Pass(input=x, logits=logits, features=feats)
         # inference_mode skips autograd's bookkeeping entirely (resnet56 at batch 64 on
@@ -299,7 +341,7 @@ class Distiller(nn.Module):
         # backward, so the outputs a loss uses are cloned out of the mode: the logits
         # and the tapped features only, small next to the forward itself.
         with torch.inference_mode():
-            logits = model_logits(teacher(x), where="the teacher")
+            logits = model_logits(call_model(teacher, x), where="the teacher")
             feats = {tap: taps.get(tap) for tap in taps.taps}
         logits = logits.clone()
         feats = {k: v.clone() for k, v in feats.items()}
@@ -317,7 +359,7 @@ class TeacherCache:
         self.logits: Tensor | None = None
         self.features: dict[Tap, Tensor] = {}
 
-    def get(self, indices: Tensor, x: Tensor) -> Pass | None:
+    def get(self, indices: Tensor, x: Inputs) -> Pass | None:
         if self.filled is None or self.logits is None:
             return None
         idx = indices.to(self.filled.device)
@@ -344,16 +386,27 @@ class TeacherCache:
 
 def _detached(p: Pass) -> Pass:
     return Pass(
-        input=p.input.detach(),
+        input=detach(p.input),
         logits=p.logits.detach(),
         features={k: v.detach() for k, v in p.features.items()},
     )
 
 
-def _eval_forward(model: nn.Module, x: Tensor) -> Any:
+def _eval_forward(model: nn.Module, x: Inputs) -> Any:
     was_training = model.training
     model.eval()
     try:
-        return model(x)
+        return call_model(model, x)
+    except (IndexError, RuntimeError) as err:
+        if "index out of range" not in str(err) or all(
+            t.is_floating_point() for t in named(x).values()
+        ):
+            raise
+        # An embedding lookup past the table: the data's ids do not fit this model.
+        raise ModelError(
+            f"{type(model).__name__} cannot take this batch ({describe(x)}): "
+            f"{str(err).splitlines()[0]}; are the token ids within the model's vocabulary "
+            "(its vocab_size), and the sequence within max_position_embeddings?"
+        ) from err
     finally:
         model.train(was_training)

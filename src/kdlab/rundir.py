@@ -12,6 +12,7 @@ studies) goes through :class:`RunDir`; no other module names these files::
     best.safetensors     student weights of the best epoch on validation
     last.safetensors     student weights of the last epoch
     model.safetensors    the selected student (best, or last without validation)
+    logs/                train.loggers' output: tensorboard/ event files, mlruns/ (MLflow)
     run.lock             held by the process that trains in the folder
     error.txt            why the last attempt failed (written by drivers such as bench)
 
@@ -52,6 +53,7 @@ VOLATILE = (
     "train.device",
     "train.checkpoint_every",
     "train.log_every",
+    "train.loggers",
 )
 
 WEIGHTS = {"model": "model.safetensors", "best": "best.safetensors", "last": "last.safetensors"}
@@ -108,8 +110,9 @@ class RunDir:
     CHECKPOINTS = "checkpoints"
     LOCK = "run.lock"
     ERROR = "error.txt"
+    LOGS = "logs"
     # what a run writes; clear() removes these, holds_run() looks for them
-    ARTIFACTS = (CONFIG, FINGERPRINT, ENV, METRICS, RESULTS, CHECKPOINTS, *WEIGHTS.values())
+    ARTIFACTS = (CONFIG, FINGERPRINT, ENV, METRICS, RESULTS, CHECKPOINTS, LOGS, *WEIGHTS.values())
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -152,6 +155,11 @@ class RunDir:
     @property
     def checkpoints(self) -> Path:
         return self.path / self.CHECKPOINTS
+
+    @property
+    def logs(self) -> Path:
+        """Where experiment loggers write (``train.loggers``)."""
+        return self.path / self.LOGS
 
     def weights_path(self, which: str = "model") -> Path:
         """``model`` (selected), ``best`` or ``last`` student weights."""

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from kdlab.errors import ModelError, TapError
+from kdlab.inputs import Inputs, call_model
 
 TapKind = Literal["output", "input"]
 
@@ -289,19 +290,19 @@ class FeatureTaps:
 
 @torch.no_grad()
 def probe_shapes(
-    model: nn.Module, taps: Iterable[str | Tap], example: Tensor, role: str = "model"
+    model: nn.Module, taps: Iterable[str | Tap], example: Inputs, role: str = "model"
 ) -> dict[Tap, torch.Size]:
     """Shapes of every tap (and of the output, under ``Tap('')``) from one dummy forward.
 
-    The model runs in eval mode on ``example`` (any batch size >= 1) and is put back in
-    the mode it was in.
+    The model runs in eval mode on ``example`` (any batch size >= 1; a dict is passed as
+    keyword arguments) and is put back in the mode it was in.
     """
     taps = [Tap.parse(t) for t in taps]
     collector = FeatureTaps(model, taps, role)
     was_training = model.training
     model.eval()
     try:
-        out = model_logits(model(example))
+        out = model_logits(call_model(model, example))
         shapes = {tap: collector.get(tap).shape for tap in collector.taps}
         shapes[Tap("")] = out.shape
     finally:

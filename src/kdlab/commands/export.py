@@ -3,6 +3,10 @@
 The student is rebuilt from the run folder's ``config.yaml`` (plugins included) and
 loaded with its ``model.safetensors``; the exported graph takes the data's input with a
 dynamic batch axis and returns the logits alone (a Hugging Face model's ``.logits``).
+A model fed one tensor gets the graph input ``input``; a model fed a dict batch
+(:mod:`kdlab.inputs`: ``input_ids``, ``attention_mask``, ...) gets one graph input per
+key, by that name, in the batch's order, and integer ``(N, L)`` inputs also get a
+dynamic sequence axis.
 
 - ``onnx``: PyTorch's TorchScript-based ONNX exporter (fast; it needs the ``onnx``
   package: ``pip install 'kdlab[export]'``, which adds ``onnxruntime`` too). When
@@ -25,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from kdlab.errors import CheckpointError, ConfigError, KdlabError
+from kdlab.inputs import PLAIN, Inputs, map_inputs, named
 
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 
@@ -40,19 +45,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 class LogitsOnly(nn.Module):
-    """The model with its output reduced to the logits tensor (exporters want tensors)."""
+    """The model with its output reduced to the logits tensor (exporters want tensors),
+    taking its inputs by position: one tensor, or the ``names`` of a dict batch in order."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, names: list[str] | None = None) -> None:
         super().__init__()
         self.model = model
+        self.names = names
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, *xs: Tensor) -> Tensor:
         from kdlab.taps import model_logits  # noqa: PLC0415
 
-        return model_logits(self.model(x))
+        if self.names is None:
+            return model_logits(self.model(xs[0]))
+        return model_logits(self.model(**dict(zip(self.names, xs))))
 
 
-def read_run_student(run: Path, weights: str = "model.safetensors") -> tuple[nn.Module, Tensor]:
+def _graph_inputs(example: Inputs) -> tuple[list[str], tuple[Tensor, ...], list[str] | None]:
+    """The graph's input names, the example tensors in that order, and the keyword
+    names LogitsOnly passes them under (None for a one-tensor model)."""
+    tensors = named(example)
+    keywords = None if list(tensors) == [PLAIN] else list(tensors)
+    return list(tensors), tuple(tensors.values()), keywords
+
+
+def read_run_student(run: Path, weights: str = "model.safetensors") -> tuple[nn.Module, Inputs]:
     """A finished run's student (in eval mode) and two of its training inputs.
 
     The one place export reads a run folder: ``config.yaml`` and the weights file.
@@ -70,51 +87,66 @@ def read_run_student(run: Path, weights: str = "model.safetensors") -> tuple[nn.
     cfg = load_config(run / "config.yaml")
     data = build_dataset(cfg.data)
     model = load_model(
-        cfg.student.name, cfg.student.kwargs, str(run / weights), data.num_classes, data.in_channels
+        cfg.student.name,
+        cfg.student.kwargs,
+        str(run / weights),
+        data.num_classes,
+        data.in_channels,
+        cfg.student.output,
     )
     split = data.train
     example = split.example(2) if hasattr(split, "example") else split.x[:2]
     return model.eval(), example
 
 
-def export_onnx(model: nn.Module, example: Tensor, path: Path, opset: int | None = None) -> None:
-    """Write ``model`` as ONNX with input ``input`` and output ``logits``, batch dynamic."""
+def export_onnx(model: nn.Module, example: Inputs, path: Path, opset: int | None = None) -> None:
+    """Write ``model`` as ONNX with inputs named as the batch's (``input`` for one tensor)
+    and output ``logits``; the batch axis is dynamic, as is the sequence axis of integer
+    ``(N, L)`` inputs."""
     if importlib.util.find_spec("onnx") is None:  # PyTorch's exporter writes through it
         raise ConfigError(
             "--format onnx needs the onnx package: pip install 'kdlab[export]' "
             "(or use --format torchscript)"
         )
+    names, tensors, keywords = _graph_inputs(example)
+    axes: dict[str, dict[int, str]] = {"logits": {0: "batch"}}
+    for name, t in zip(names, tensors):
+        sequence = not t.is_floating_point() and t.dim() == 2
+        axes[name] = {0: "batch", 1: "sequence"} if sequence else {0: "batch"}
     kwargs: dict[str, Any] = {
-        "input_names": ["input"],
+        "input_names": names,
         "output_names": ["logits"],
-        "dynamic_axes": {"input": {0: "batch"}, "logits": {0: "batch"}},
+        "dynamic_axes": axes,
         "opset_version": opset,
     }
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:  # torch >= 2.5: two exporters
         kwargs["dynamo"] = False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer warnings
-        torch.onnx.export(LogitsOnly(model).eval(), (example,), str(path), **kwargs)
+        torch.onnx.export(LogitsOnly(model, keywords).eval(), tensors, str(path), **kwargs)
 
 
-def export_torchscript(model: nn.Module, example: Tensor, path: Path) -> None:
-    """Write ``model`` traced on ``example`` (any batch size works when loaded back)."""
+def export_torchscript(model: nn.Module, example: Inputs, path: Path) -> None:
+    """Write ``model`` traced on ``example`` (any batch size works when loaded back); a
+    dict batch's tensors become positional arguments in the batch's order."""
+    _, tensors, keywords = _graph_inputs(example)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(LogitsOnly(model).eval(), (example,), check_trace=False)
+        traced = torch.jit.trace(LogitsOnly(model, keywords).eval(), tensors, check_trace=False)
     traced.save(str(path))
 
 
-def onnx_max_diff(model: nn.Module, path: Path, x: Tensor) -> float | None:
+def onnx_max_diff(model: nn.Module, path: Path, x: Inputs) -> float | None:
     """Largest |ONNX Runtime - PyTorch| over the logits of ``x``; None without onnxruntime."""
     try:
         import onnxruntime as ort  # noqa: PLC0415 - optional extra
     except ImportError:
         return None
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"input": x.numpy()})[0]
+    names, tensors, keywords = _graph_inputs(x)
+    got = session.run(None, {n: t.numpy() for n, t in zip(names, tensors)})[0]
     with torch.no_grad():
-        want = LogitsOnly(model)(x)
+        want = LogitsOnly(model, keywords)(*tensors)
     return float((torch.from_numpy(got) - want).abs().max())
 
 
@@ -122,7 +154,7 @@ def run_export(args: argparse.Namespace) -> int:
     run = Path(args.run)
     model, example = read_run_student(run, args.weights)
     model = model.cpu()
-    example = example.cpu()
+    example = map_inputs(example, Tensor.cpu)
     out = Path(args.out) if args.out else run / f"model{SUFFIX[args.format]}"
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -137,16 +169,14 @@ def run_export(args: argparse.Namespace) -> int:
             f"cannot export {type(model).__name__} from {str(run)!r} as {args.format}: "
             f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         ) from err
-    report: dict[str, Any] = {
-        "run": str(run),
-        "format": args.format,
-        "file": str(out),
-        "input": ["batch", *example.shape[1:]],
-        "input_dtype": str(example.dtype).replace("torch.", ""),
-    }
+    report: dict[str, Any] = {"run": str(run), "format": args.format, "file": str(out)}
+    for name, t in named(example).items():
+        key = "input" if name == PLAIN else f"input.{name}"
+        report[key] = ["batch", *t.shape[1:]]
+        report[f"{key}_dtype"] = str(t.dtype).replace("torch.", "")
     if args.format == "onnx":
         # Another batch size than the traced one: the batch axis must really be dynamic.
-        check = torch.cat([example, example, example[:1]])
+        check = map_inputs(example, lambda t: torch.cat([t, t, t[:1]]))
         report["onnxruntime_max_abs_diff"] = onnx_max_diff(model, out, check)
     print(json.dumps(report, indent=2))
     return 0

@@ -11,38 +11,44 @@ import torch
 from torch import Tensor
 
 from kdlab.errors import DataError
+from kdlab.inputs import PLAIN, Inputs, describe, head, map_inputs, named, take
 
 
 @dataclass
 class TensorSplit:
-    """A split held as tensors: ``x`` float (N, C, H, W) images, (N, C, L) sequences or
-    (N, D) feature vectors; ``y`` long (N,)."""
+    """A split held as tensors: ``x`` float (N, C, H, W) images, (N, C, L) sequences,
+    (N, D) feature vectors, integer (N, L) token ids, or a dict of named tensors passed
+    to the model as keyword arguments (``input_ids``, ``attention_mask``, ...: see
+    :mod:`kdlab.inputs`); ``y`` long (N,)."""
 
-    x: Tensor
+    x: Inputs
     y: Tensor
 
     def __post_init__(self) -> None:
-        if self.x.dim() < 1 or self.y.dim() != 1:
+        tensors = named(self.x)
+        if not tensors or any(t.dim() < 1 for t in tensors.values()) or self.y.dim() != 1:
             raise DataError(
-                f"inputs need a sample dimension and labels must be 1-D, got shapes "
-                f"{tuple(self.x.shape)} and {tuple(self.y.shape)}"
+                f"inputs need a sample dimension and labels must be 1-D, got inputs "
+                f"{describe(self.x) if tensors else 'none'} and labels {tuple(self.y.shape)}"
             )
-        if self.x.shape[0] != self.y.shape[0]:
-            raise DataError(f"{self.x.shape[0]} inputs but {self.y.shape[0]} labels")
+        for name, t in tensors.items():
+            if t.shape[0] != self.y.shape[0]:
+                what = "inputs" if name == PLAIN else f"{name!r} rows"
+                raise DataError(f"{t.shape[0]} {what} but {self.y.shape[0]} labels")
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int]:
-        return self.x[i], self.y[i], i
+    def __getitem__(self, i: int) -> tuple[Inputs, Tensor, int]:
+        return map_inputs(self.x, lambda t: t[i]), self.y[i], i
 
-    def example(self, n: int) -> Tensor:
+    def example(self, n: int) -> Inputs:
         """The first ``n`` inputs (shape probes); every kind of split offers this."""
-        return self.x[:n]
+        return head(self.x, n)
 
     def subset(self, idx: Tensor | np.ndarray) -> TensorSplit:
         idx_t = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-        return TensorSplit(self.x[idx_t], self.y[idx_t])
+        return TensorSplit(take(self.x, idx_t), self.y[idx_t])
 
 
 class Split(Protocol):
@@ -52,7 +58,7 @@ class Split(Protocol):
 
     def __len__(self) -> int: ...
 
-    def example(self, n: int) -> Tensor: ...
+    def example(self, n: int) -> Inputs: ...
 
     def subset(self, idx: Tensor | np.ndarray) -> Split: ...
 
@@ -245,6 +251,94 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
 
 
+ArrayInputs = np.ndarray | dict[str, np.ndarray]  # one array, or named arrays (kdlab.inputs)
+
+
+def _rows(x: ArrayInputs, idx: np.ndarray | None = None) -> Inputs:
+    """Arrays as tensors (rows ``idx``); float arrays are float32, integer ones int64."""
+    def one(a: np.ndarray) -> Tensor:
+        a = a if idx is None else a[idx]
+        dtype = np.float32 if np.issubdtype(a.dtype, np.floating) else None
+        if np.issubdtype(a.dtype, np.integer):
+            dtype = np.int64
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=dtype))
+
+    return {k: one(v) for k, v in x.items()} if isinstance(x, dict) else one(x)
+
+
+def split_labelled(
+    cfg: Any,
+    x: ArrayInputs,
+    y: np.ndarray,
+    test: tuple[ArrayInputs, np.ndarray] | None,
+    sources: tuple[str, str],
+    options: Mapping[str, Any],
+) -> tuple[TensorSplit, TensorSplit | None, TensorSplit, int, dict[Any, int] | None]:
+    """Train / val / test splits of labelled arrays, as every file dataset makes them.
+
+    Labels go through :func:`encode_labels` (``options``' ``num_classes`` and
+    ``label_map``); without ``test`` a stratified test split of ``cfg.test_fraction`` is
+    carved, then validation (``cfg.val_fraction``) from the rest, both seeded by
+    ``cfg.split_seed``. A plain float input is standardised with the training split's
+    statistics when ``cfg.normalize``; named inputs (token ids, masks) are kept as they
+    are. ``sources`` name the label arrays in errors. Returns the splits, the class count
+    and the label map.
+    """
+    labelled = [(y, sources[0])] + ([] if test is None else [(test[1], sources[1])])
+    encoded, num_classes, mapping = encode_labels(
+        labelled, options.get("num_classes"), options.get("label_map")
+    )
+    y = encoded[0]
+    if test is not None:
+        x_test, y_test = test[0], encoded[1]
+        rest = np.arange(len(y))
+    else:
+        rest, test_idx = stratified_split(y, cfg.test_fraction, cfg.split_seed)
+        x_test, y_test = x, y[test_idx]
+    train_idx, val_idx = stratified_split(y[rest], cfg.val_fraction, cfg.split_seed + 1)
+    train_idx, val_idx = rest[train_idx], rest[val_idx]
+    x_train, x_val = _rows(x, train_idx), _rows(x, val_idx)
+    x_te = _rows(x_test) if test is not None else _rows(x, test_idx)
+    if cfg.normalize and isinstance(x_train, Tensor) and x_train.is_floating_point():
+        x_train, x_val, x_te = standardize(x_train, x_val, x_te)  # type: ignore[arg-type]
+    yt = torch.from_numpy(y)
+    return (
+        TensorSplit(x_train, yt[train_idx]),
+        TensorSplit(x_val, yt[val_idx]) if len(val_idx) else None,
+        TensorSplit(x_te, torch.from_numpy(y_test)),
+        num_classes,
+        mapping,
+    )
+
+
+def named_inputs_bundle(
+    cfg: Any,
+    x: dict[str, np.ndarray],
+    y: np.ndarray,
+    test: tuple[dict[str, np.ndarray], np.ndarray] | None,
+    sources: tuple[str, str],
+    options: Mapping[str, Any],
+    name: str,
+    extra: dict[str, object],
+) -> DataBundle:
+    """The bundle of a file of named inputs (``input_ids``, masks...) and labels, split by
+    :func:`split_labelled`: ``in_channels`` 1, ``image_size`` ``(L,)`` of ``input_ids``,
+    ``extra`` with the input names and the label map."""
+    train, val, test_split, num_classes, mapping = split_labelled(
+        cfg, x, y, test, sources, options
+    )
+    return DataBundle(
+        train=train,
+        val=val,
+        test=test_split,
+        num_classes=num_classes,
+        in_channels=1,
+        image_size=(int(x["input_ids"].shape[1]),),
+        name=name,
+        extra={**extra, "inputs": list(x), "label_map": mapping},
+    )
+
+
 def take_per_class(split: Split, n: int, seed: int = 0) -> Split:
     """The first ``n`` samples of each class after a seeded shuffle (few-shot)."""
     y = split.y.numpy()
@@ -268,9 +362,35 @@ def standardize(train: Tensor, *others: Tensor | None) -> tuple[Tensor, ...]:
     return tuple(out)  # type: ignore[arg-type]
 
 
+def check_inputs(x: Inputs, in_channels: int, where: str) -> None:
+    """Inputs every model can take: finite floating-point tensors (a plain image or
+    sequence tensor with ``in_channels`` channels in dimension 1), or integer / bool
+    ``(N, L)`` tensors of token ids and masks, with no negative id."""
+    for name, t in named(x).items():
+        what = where if name == PLAIN else f"{where}, input {name!r}"
+        if t.is_floating_point():
+            if name == PLAIN and t.dim() in (3, 4) and t.shape[1] != in_channels:
+                layout = "(N, C, H, W)" if t.dim() == 4 else "(N, C, L)"
+                raise DataError(
+                    f"{what}: inputs have shape {tuple(t.shape)}, expected "
+                    f"{in_channels} channels in dimension 1 {layout}"
+                )
+            check_finite(t, what)
+            continue
+        if t.is_complex() or t.dim() != 2:
+            raise DataError(
+                f"{what}: inputs must be floating point, or integer token ids / masks of "
+                f"shape (N, L); got {str(t.dtype).replace('torch.', '')} {tuple(t.shape)} "
+                "(images and sequences must be converted to float)"
+            )
+        if t.dtype != torch.bool and t.numel() and int(t.min()) < 0:
+            raise DataError(f"{what}: token ids must be >= 0, found {int(t.min())}")
+
+
 def check_bundle(bundle: DataBundle, source: str = "dataset") -> None:
-    """Check what every dataset must satisfy before training: non-empty float inputs
-    with ``in_channels`` channels, finite values, integer labels in ``[0, num_classes)``.
+    """Check what every dataset must satisfy before training: non-empty inputs that
+    :func:`check_inputs` accepts (float with ``in_channels`` channels, finite; or integer
+    token ids and masks), integer labels in ``[0, num_classes)``.
 
     Raises DataError naming the split and what is wrong; cheap for in-memory splits and
     for streaming ones (labels, and two decoded samples).
@@ -288,13 +408,5 @@ def check_bundle(bundle: DataBundle, source: str = "dataset") -> None:
         where = f"{source} ({name} split)"
         # Streaming splits: only a couple of decoded samples (reading them all is a run).
         x = split.x if isinstance(split, TensorSplit) else split.example(2)
-        if not x.is_floating_point():
-            raise DataError(f"{where}: inputs must be floating point, got {x.dtype}")
-        if x.dim() in (3, 4) and x.shape[1] != bundle.in_channels:
-            layout = "(N, C, H, W)" if x.dim() == 4 else "(N, C, L)"
-            raise DataError(
-                f"{where}: inputs have shape {tuple(x.shape)}, expected "
-                f"{bundle.in_channels} channels in dimension 1 {layout}"
-            )
+        check_inputs(x, bundle.in_channels, where)
         check_labels(split.y, bundle.num_classes, where)
-        check_finite(x, where)

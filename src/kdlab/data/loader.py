@@ -9,7 +9,8 @@ loaders pad, evaluation loaders do not (each sample is scored exactly once over 
 In-memory splits (:class:`~kdlab.data.base.TensorSplit`) get a :class:`TensorLoader`
 (no worker processes, no per-sample Python); any other split builds its own loader
 through its ``loader(...)`` method (streaming splits: worker processes, see
-:mod:`kdlab.data.stream`). Every loader yields ``(x, y, index)`` batches, has
+:mod:`kdlab.data.stream`). Every loader yields ``(x, y, index)`` batches (``x`` one
+tensor or a dict of tensors, :mod:`kdlab.inputs`), has
 ``len()`` = batches per epoch on this rank, ``set_epoch(e)`` and ``start_batch``.
 """
 
@@ -23,8 +24,9 @@ import torch
 from torch import Tensor
 
 from kdlab.data.base import TensorSplit
+from kdlab.inputs import Inputs, device_of, take, to_device
 
-Batch = tuple[Tensor, Tensor, Tensor]
+Batch = tuple[Inputs, Tensor, Tensor]
 
 
 def epoch_order(
@@ -88,8 +90,8 @@ class TensorLoader:
         self.epoch = 0
         self.start_batch = 0  # resume mid-epoch: the next __iter__ skips this many batches
         self.device = torch.device(device) if device is not None else None
-        if self.device is not None and self.device != split.x.device:
-            self.split = TensorSplit(split.x.to(self.device), split.y.to(self.device))
+        if self.device is not None and self.device != device_of(split.x):
+            self.split = TensorSplit(to_device(split.x, self.device), split.y.to(self.device))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -107,12 +109,13 @@ class TensorLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         order = self._indices()
-        if self.split.x.device.type != "cpu":
-            order = order.to(self.split.x.device)
+        x = self.split.x
+        if device_of(x).type != "cpu":
+            order = order.to(device_of(x))
         start, self.start_batch = self.start_batch, 0
         for b in range(start, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            yield self.split.x[idx], self.split.y[idx], idx
+            yield take(x, idx), self.split.y[idx], idx
 
 
 def make_loader(

@@ -21,6 +21,14 @@ Inputs, by ``data.options.layout`` (default: decided from the shape, or an error
 Inputs are cast to float32 and, with ``data.normalize``, standardised with the training
 split's per-channel (per-feature for 2-D) mean and std; they must be finite.
 
+Token ids (text, for models that take keyword inputs such as ``hf:`` transformers): a
+file with ``input_ids`` instead of ``x`` holds named inputs, each passed to the model
+as a keyword: ``input_ids`` (integer ``(N, L)``), and any others beside it such as
+``attention_mask`` and ``token_type_ids``; every array but ``y`` is an input. A test
+split gives each a ``_test`` twin (``input_ids_test``, ``attention_mask_test``, ...)
+and ``y_test``. Integer arrays stay integers (int64), nothing is standardised, and no
+layout applies. See docs/text.md.
+
 Labels (``y``, ``y_test``) are class indices, integers from 0: the class count is the
 largest + 1, and every class must occur in ``y`` and every ``y_test`` label in ``y``, or
 the error names the labels. ``data.options.num_classes`` fixes the count (for classes
@@ -37,18 +45,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from kdlab.config import DataConfig
 from kdlab.data import options_for, register_dataset
-from kdlab.data.base import (
-    DataBundle,
-    TensorSplit,
-    check_finite,
-    encode_labels,
-    standardize,
-    stratified_split,
-)
+from kdlab.data.base import DataBundle, check_finite, named_inputs_bundle, split_labelled
 from kdlab.errors import DataError
 
 LAYOUTS = {"nchw": 4, "nhwc": 4, "nhw": 3, "ncl": 3}
@@ -137,52 +137,88 @@ def npz(cfg: DataConfig) -> DataBundle:
             arrays = {k: f[k] for k in f.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # EOFError: empty file
         raise DataError(f"{path}: not a readable .npz file of plain arrays ({err})") from None
+    if "x" not in arrays and "input_ids" in arrays:
+        return _token_bundle(cfg, opts, path, arrays)
     for key in ("x", "y"):
         if key not in arrays:
-            raise DataError(f"{path}: no array {key!r} (found {sorted(arrays)}); need x and y")
+            raise DataError(
+                f"{path}: no array {key!r} (found {sorted(arrays)}); need x and y, or "
+                "input_ids and y for token ids"
+            )
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise DataError(f"{path}: x_test and y_test must be given together")
 
     layout = _layout(arrays["x"].shape, opts["layout"], f"{path}[x]")
     x = _inputs(arrays["x"], layout, f"{path}[x]")
     y = _labels(arrays["y"], x.shape[0], f"{path}[y]")
-    labelled = [(y, f"{path}[y]")]
-    has_test = "x_test" in arrays
-    if has_test:
+    test = None
+    if "x_test" in arrays:
         if arrays["x_test"].shape[1:] != arrays["x"].shape[1:]:
             raise DataError(
                 f"{path}: x_test samples have shape {arrays['x_test'].shape[1:]}, x samples "
                 f"{arrays['x'].shape[1:]}"
             )
         x_test = _inputs(arrays["x_test"], layout, f"{path}[x_test]")
-        y_test = _labels(arrays["y_test"], x_test.shape[0], f"{path}[y_test]")
-        labelled.append((y_test, f"{path}[y_test]"))
-    encoded, num_classes, mapping = encode_labels(
-        labelled, opts["num_classes"], opts["label_map"]
+        test = (x_test, _labels(arrays["y_test"], x_test.shape[0], f"{path}[y_test]"))
+    train, val, test_split, num_classes, mapping = split_labelled(
+        cfg, x, y, test, (f"{path}[y]", f"{path}[y_test]"), opts
     )
-    y = encoded[0]
-    if has_test:
-        y_test = encoded[1]
-        rest = np.arange(len(y))
-    else:
-        rest, test_idx = stratified_split(y, cfg.test_fraction, cfg.split_seed)
-        x_test, y_test = x[test_idx], y[test_idx]
-    train_idx, val_idx = stratified_split(y[rest], cfg.val_fraction, cfg.split_seed + 1)
-    train_idx, val_idx = rest[train_idx], rest[val_idx]
-
-    xt = torch.from_numpy(x)
-    x_train, x_val, x_te = xt[train_idx], xt[val_idx], torch.from_numpy(x_test)
-    if cfg.normalize:
-        x_train, x_val, x_te = standardize(x_train, x_val, x_te)
-    yt = torch.from_numpy(y)
     features = x.ndim == 2
     return DataBundle(
-        train=TensorSplit(x_train, yt[train_idx]),
-        val=TensorSplit(x_val, yt[val_idx]) if len(val_idx) else None,
-        test=TensorSplit(x_te, torch.from_numpy(y_test)),
+        train=train,
+        val=val,
+        test=test_split,
         num_classes=num_classes,
         in_channels=x.shape[1],
         image_size=(1, 1) if features else tuple(x.shape[2:]),
         name="npz",
         extra={"root": str(path), "features": features, "layout": layout, "label_map": mapping},
     )
+
+
+def _token_bundle(
+    cfg: DataConfig, opts: dict[str, Any], path: Path, arrays: dict[str, np.ndarray]
+) -> DataBundle:
+    """Named inputs (``input_ids``, ``attention_mask``, ...) for models taking keywords."""
+    if opts["layout"] is not None:
+        raise DataError(
+            f"{path}: data.options.layout applies to an array x; this file holds token ids "
+            "(input_ids), which need no layout: remove the option"
+        )
+    if "y" not in arrays:
+        raise DataError(f"{path}: no array 'y' (found {sorted(arrays)}); need input_ids and y")
+    names = [k for k in arrays if k != "y" and not k.endswith("_test")]
+    found = sorted(k for k in arrays if k.endswith("_test"))
+    wanted = sorted([f"{k}_test" for k in names] + ["y_test"])
+    if found and found != wanted:
+        raise DataError(
+            f"{path}: a test split needs every input with a _test twin and y_test: "
+            f"expected {wanted}, found {found}"
+        )
+    x = {k: _token_input(arrays[k], f"{path}[{k}]") for k in names}
+    n = x["input_ids"].shape[0]
+    for k, v in x.items():
+        if v.shape[0] != n:
+            raise DataError(f"{path}: {n} rows of input_ids but {v.shape[0]} of {k}")
+    y = _labels(arrays["y"], n, f"{path}[y]")
+    test = None
+    if "y_test" in arrays:
+        x_test = {k: _token_input(arrays[f"{k}_test"], f"{path}[{k}_test]") for k in names}
+        n_test = x_test["input_ids"].shape[0]
+        if any(v.shape[0] != n_test for v in x_test.values()):
+            raise DataError(f"{path}: the _test inputs have different numbers of rows")
+        test = (x_test, _labels(arrays["y_test"], n_test, f"{path}[y_test]"))
+    sources = (f"{path}[y]", f"{path}[y_test]")
+    return named_inputs_bundle(cfg, x, y, test, sources, opts, "npz", {"root": str(path)})
+
+
+def _token_input(a: np.ndarray, source: str) -> np.ndarray:
+    """A named input array: integer or bool ``(N, L)`` (ids, masks) or float (kept)."""
+    if np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
+        if a.ndim != 2:
+            raise DataError(f"{source}: token ids and masks must be 2-D (N, L), got {a.shape}")
+        return a
+    if np.issubdtype(a.dtype, np.floating):
+        check_finite(a, source)
+        return a
+    raise DataError(f"{source}: inputs must be numeric, got dtype {a.dtype}")

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from kdlab.config import RunConfig
     from kdlab.distiller import Distiller
     from kdlab.engine.evaluators import Evaluator
-    from kdlab.engine.runner import Trainer
+    from kdlab.engine.runner import RunResult, Trainer
     from kdlab.rundir import RunDir
 
 
@@ -102,6 +102,10 @@ class Handler:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned, when resuming inside the stage."""
+
+    def close(self, result: RunResult | None) -> None:
+        """Called once when the run ends: with its result, or None when it failed
+        (release files, connections). Default: nothing."""
 
 
 # ---------------------------------------------------------------- the trainer's own

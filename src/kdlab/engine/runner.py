@@ -44,6 +44,7 @@ from kdlab.engine.handlers import (
     RunLog,
     StageRun,
 )
+from kdlab.engine.loggers import ExperimentLoggers
 from kdlab.engine.optim import build_optimizer, build_scheduler
 from kdlab.engine.stages import MAIN, Stage, resolve_stages, trainable_parameters
 from kdlab.engine.step import Precision, make_step, wants_channels_last
@@ -216,6 +217,8 @@ class Trainer:
         guard = NanGuard()
         self.best = BestSelector(self.select, self.mode)
         self.handlers: list[Handler] = [guard, EpochMetrics(self.evaluator), self.best, RunLog()]
+        if tcfg.loggers:  # after EpochMetrics: they log the epoch's row
+            self.handlers.append(ExperimentLoggers(tcfg.loggers))
         if tcfg.progress and not any(isinstance(h, ReportProgress) for h in handlers):
             self.handlers.append(ProgressBar())
         # the checkpoint comes last: it saves every handler's state after its update
@@ -321,7 +324,13 @@ class Trainer:
         session = self.run_dir.session(self.cfg, resume, overwrite) if main else None
         with session or contextlib.nullcontext():
             dist.barrier()
-            return self._run(resume)
+            result = None
+            try:
+                result = self._run(resume)
+                return result
+            finally:
+                for handler in self.handlers:
+                    handler.close(result)
 
     def _run(self, resume: bool) -> RunResult:
         rd = self.run_dir

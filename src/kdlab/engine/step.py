@@ -21,8 +21,9 @@ from torch import Tensor, nn
 from kdlab.distiller import Distiller
 from kdlab.engine.stages import Stage
 from kdlab.errors import ConfigError
+from kdlab.inputs import Inputs, images, map_images
 
-Batch = tuple[Tensor, Tensor, Tensor]
+Batch = tuple[Inputs, Tensor, Tensor]
 
 
 @dataclass
@@ -87,11 +88,11 @@ class Precision:
             self.scaler.load_state_dict(state)
 
 
-def wants_channels_last(setting: str | bool, model: nn.Module, example: Tensor) -> bool:
-    """``auto``: channels_last for convolutional models on 4-D input."""
+def wants_channels_last(setting: str | bool, model: nn.Module, example: Inputs) -> bool:
+    """``auto``: channels_last for convolutional models on 4-D float input."""
     if setting != "auto":
         return bool(setting)
-    return example.dim() == 4 and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    return bool(images(example)) and any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 # ---------------------------------------------------------------- seeding
@@ -141,8 +142,9 @@ def make_step(
     """The process function of one stage.
 
     ``model`` is the distiller, or its DDP wrapper; ``params`` the trainable
-    parameters (clipped when ``grad_clip`` is set). ``augment`` runs on the input
-    batch after the step's seeding.
+    parameters (clipped when ``grad_clip`` is set). ``augment`` runs on the batch's
+    float image tensors after the step's seeding, as does ``channels_last``; other
+    inputs (token ids, masks) pass unchanged.
     """
     device = precision.device
     scaler = precision.scaler
@@ -156,9 +158,9 @@ def make_step(
         if not (distiller.training and distiller.student.training):  # walking all modules
             distiller.train()  # every step costs more than a small forward
         if augment is not None:
-            x = augment(x)
-        if channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = map_images(x, augment)
+        if channels_last:
+            x = map_images(x, _channels_last)
         with precision.autocast():
             out = model(x, y, idx, losses=losses, epoch=engine.state.epoch - 1, iteration=it)
         optimizer.zero_grad(set_to_none=True)
@@ -183,3 +185,7 @@ def make_step(
         return StepOutput(detached, out.total.detach(), correct, int(y.shape[0]), finite)
 
     return step
+
+
+def _channels_last(x: Tensor) -> Tensor:
+    return x.contiguous(memory_format=torch.channels_last)

@@ -8,13 +8,15 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from kdlab.errors import ConfigError
 from kdlab.functional.jacobian import (
     ClassChoice,
     jacobian_matching_loss,
     output_input_gradients,
     select_classes,
 )
-from kdlab.methods.base import StepContext, Term, TermParams
+from kdlab.inputs import describe, named
+from kdlab.methods.base import Pass, StepContext, Term, TermParams
 
 
 class JacobianParams(TermParams):
@@ -27,6 +29,11 @@ class JacobianParams(TermParams):
         "logits", description="differentiate the logits or the softmax probabilities"
     )
     T: float = Field(1.0, gt=0.0, description="softmax temperature when output=probs")
+    input: str | None = Field(
+        None,
+        description="the batch input differentiated (a key of dict batches, e.g. "
+        "pixel_values); default: the only floating-point input",
+    )
 
 
 class JacobianMatching(Term[JacobianParams]):
@@ -65,6 +72,10 @@ class JacobianMatching(Term[JacobianParams]):
     The noise-equivalent form (soft-label matching with both models on ``x + sigma*z``)
     needs no code: a ``gaussian_noise`` view with ``student_view`` and ``teacher_view``
     set to it on a ``kd`` term (configs/digits/noisy_kd.yaml).
+
+    Inputs: the gradient is taken with respect to one floating-point input, ``input``
+    (a key of a dict batch) or the batch's only float tensor; an integer input (token
+    ids) is refused when the Distiller is built, naming the term and the input.
     """
 
     method = "jacobian"
@@ -79,6 +90,19 @@ class JacobianMatching(Term[JacobianParams]):
             return torch.softmax(logits / p.T, dim=1)
         return logits
 
+    def _input(self, p: Pass) -> Tensor:
+        # The Distiller checked the declared input (present, floating point) when built.
+        tensors = named(p.input)
+        if self.params.input is not None:
+            return tensors[self.params.input]
+        floats = [t for t in tensors.values() if t.is_floating_point()]
+        if len(floats) != 1:
+            raise ConfigError(
+                f"term {self.term_name!r} (jacobian) differentiates one input; the batch has "
+                f"several floating-point ones ({describe(p.input)}): set the term's 'input:'"
+            )
+        return floats[0]
+
     def forward(self, ctx: StepContext) -> Tensor:
         p = self.params
         assert isinstance(p, JacobianParams) and ctx.teacher is not None
@@ -90,9 +114,9 @@ class JacobianMatching(Term[JacobianParams]):
             )
         classes = select_classes(p.classes, ctx.teacher.logits, ctx.targets, p.k)
         t_grads = output_input_gradients(
-            self._outputs(ctx.teacher.logits), ctx.teacher.input, classes, create_graph=False
+            self._outputs(ctx.teacher.logits), self._input(ctx.teacher), classes, create_graph=False
         )
         s_grads = output_input_gradients(
-            self._outputs(ctx.student.logits), ctx.student.input, classes, create_graph=True
+            self._outputs(ctx.student.logits), self._input(ctx.student), classes, create_graph=True
         )
         return jacobian_matching_loss(s_grads, t_grads)

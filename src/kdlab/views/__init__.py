@@ -18,10 +18,30 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from kdlab.views.base import DEFAULT, VIEWS, ViewFn, build_view, build_views, check_view, identity
+from kdlab.views.base import (
+    DEFAULT,
+    VIEWS,
+    InputView,
+    ViewFn,
+    as_view,
+    build_view,
+    build_views,
+    check_view,
+    identity,
+)
 
 for _info in pkgutil.iter_modules(__path__):
     if _info.name != "base":
         importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["DEFAULT", "VIEWS", "ViewFn", "build_view", "build_views", "check_view", "identity"]
+__all__ = [
+    "DEFAULT",
+    "VIEWS",
+    "InputView",
+    "ViewFn",
+    "as_view",
+    "build_view",
+    "build_views",
+    "check_view",
+    "identity",
+]

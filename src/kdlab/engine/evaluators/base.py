@@ -18,11 +18,12 @@ import torch
 from torch import Tensor, nn
 
 from kdlab.config import EvaluatorParams, TrainConfig
+from kdlab.inputs import Inputs, call_model
 from kdlab.registry import Registry
 from kdlab.taps import model_logits
 
 P = TypeVar("P", bound=EvaluatorParams)
-Batch = tuple[Tensor, Tensor, Tensor]
+Batch = tuple[Inputs, Tensor, Tensor]
 
 EVALUATORS: Registry[type[Evaluator]] = Registry("evaluator")
 
@@ -67,7 +68,7 @@ def model_outputs(model: nn.Module, loader: Iterable[Batch]) -> Iterable[tuple[T
     try:
         with torch.no_grad():
             for batch in loader:
-                yield model_logits(model(batch[0])).float(), batch
+                yield model_logits(call_model(model, batch[0])).float(), batch
     finally:
         model.train(was_training)
 
