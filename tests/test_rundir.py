@@ -169,9 +169,7 @@ def test_a_training_checkpoint_as_teacher_gets_the_right_hint(finished: Path) ->
     _teacher_from(run)  # the hint works
 
 
-def test_an_unfinished_teacher_run_points_to_best_or_resume(
-    finished: Path, tmp_path: Path
-) -> None:
+def test_an_unfinished_teacher_run_points_to_best_or_resume(finished: Path, tmp_path: Path) -> None:
     run = tmp_path / "killed"
     shutil.copytree(finished / "r", run)
     for name in ("results.json", "model.safetensors", "last.safetensors"):
@@ -261,6 +259,8 @@ def test_a_second_process_cannot_write_a_running_run(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        # SIGINT as from a terminal, also when pytest runs as a shell's background job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
     )
     rd = RunDir(tmp_path / "r")
     try:
@@ -276,6 +276,9 @@ def test_a_second_process_cannot_write_a_running_run(tmp_path: Path) -> None:
         assert (rd.path / rd.CONFIG).read_bytes() == config
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
+        try:
+            proc.wait(timeout=120)
+        finally:
+            proc.kill()
     assert proc.returncode == 130
     assert not (rd.path / rd.LOCK).exists()  # released on the way out

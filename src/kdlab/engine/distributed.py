@@ -95,14 +95,15 @@ def launch(
             )
         port = master_port or free_port()
         with tempfile.TemporaryDirectory(prefix="kdlab-ranks-") as reports, _quiet_spawn():
-            try:
-                with idist.Parallel(
-                    backend=backend_for(device),
+            try:  # idist.spawn: what idist.Parallel runs, without its INFO lines
+                idist.spawn(
+                    backend_for(device),
+                    _reporting,
+                    args=(fn, reports, *args),
                     nproc_per_node=nproc,
                     master_addr="127.0.0.1",
                     master_port=port,
-                ) as parallel:
-                    parallel.run(_reporting, fn, reports, *args)
+                )
             except KeyboardInterrupt:  # SIGINT to the launcher alone: the workers stop too
                 _stop_workers()
                 raise
