@@ -264,7 +264,10 @@ def test_a_failing_run_is_recorded_and_the_rest_go_on(
     proto = load_protocol(_write_protocol(tmp_path / "p.yaml", seeds=[0]))
     out = tmp_path / "out"
 
+    calls: list[tuple[str, bool]] = []
+
     def fake_train(cfg, run_dir=None, resume=False, **kw):  # noqa: ANN001, ANN202
+        calls.append((cfg.name, resume))
         if "kd" in cfg.name:
             raise ValueError("broken method")
         Path(run_dir).mkdir(parents=True, exist_ok=True)
@@ -282,8 +285,12 @@ def test_a_failing_run_is_recorded_and_the_rest_go_on(
     assert (
         "`cnn_medium-cnn_small/kd/seed0`: ValueError: broken method" in table["table"].read_text()
     )
+    calls.clear()
     with pytest.raises(ValueError, match="broken method"):
         run_matrix(proto, out, progress=False, keep_going=False)
+    # Its folder holds only error.txt, no run: retried as a fresh start (--resume would
+    # refuse a folder holding no run).
+    assert [resume for name, resume in calls if "kd" in name] == [False]
 
 
 def test_a_changed_protocol_does_not_reuse_stale_runs(ci_bench: Path) -> None:

@@ -67,6 +67,34 @@ def test_yaml_errors_name_the_file(tmp_path: Path) -> None:
         read_yaml(evil)
 
 
+def test_a_repeated_key_is_refused_naming_it_and_its_lines(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "student: {name: cnn_tiny}\ntrain:\n  epochs: 5\n  optimizer: {lr: 0.1}\n  epochs: 1\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(recipe)
+    assert str(info.value) == (
+        f"config file {str(recipe)!r}: key 'epochs' appears twice in one mapping "
+        "(lines 3 and 5); YAML would silently keep the last: remove one"
+    )
+    # Protocols are read by the same reader.
+    from kdlab.bench.protocol import load_protocol  # noqa: PLC0415
+
+    proto = tmp_path / "p.yaml"
+    proto.write_text("name: p\nseeds: [0]\nseeds: [0, 1, 2]\n")
+    with pytest.raises(ConfigError, match=r"p.yaml': key 'seeds' .* \(lines 2 and 3\)"):
+        load_protocol(proto)
+    with pytest.raises(ConfigError, match=r"override 'train.optimizer=\{lr: 1, lr: 2\}': key 'lr'"):
+        apply_overrides({}, ["train.optimizer={lr: 1, lr: 2}"])
+    # The same key in two mappings, and a merge overridden by an explicit key, are fine.
+    recipe.write_text(
+        "base: &b {lr: 0.1, momentum: 0.9}\nstudent: {name: cnn_tiny}\n"
+        "train: {optimizer: {<<: *b, lr: 0.5}, schedule: {name: cosine}}\n"
+    )
+    assert read_yaml(recipe)["train"]["optimizer"] == {"lr": 0.5, "momentum": 0.9}
+
+
 @pytest.mark.parametrize("name", recipes.names())
 def test_every_shipped_recipe_validates(name: str) -> None:
     data = read_yaml(recipes.find(name))

@@ -191,8 +191,25 @@ def test_unreadable_checkpoints(tmp_path: Path, content: bytes) -> None:
         load_model("cnn_tiny", {}, str(tmp_path / "w.safetensors"), 10, 1)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_model("cnn_tiny", {}, str(tmp_path / "missing.safetensors"), 10, 1)
-    with pytest.raises(CheckpointError, match="model.safetensors' does not exist"):
+    with pytest.raises(CheckpointError, match="folder without model.safetensors and not a run"):
         load_model("cnn_tiny", {}, str(tmp_path), 10, 1)  # a folder that is no run
+
+
+def test_a_pt_file_gets_the_conversion_that_works(tmp_path: Path) -> None:
+    """A torch.save'd state dict: the error says weights are read from safetensors and
+    gives a one-line conversion, which (run here as written) gives loadable weights."""
+    model = create_model("cnn_tiny", 10, 1)
+    torch.save(model.state_dict(), tmp_path / "teacher.pt")
+    with pytest.raises(CheckpointError) as info:
+        load_model("cnn_tiny", {}, str(tmp_path / "teacher.pt"), 10, 1, key="teacher.checkpoint")
+    message = str(info.value)
+    assert message.startswith(f"weights file {str(tmp_path / 'teacher.pt')!r} is not a readable")
+    assert "kdlab reads weights only from safetensors" in message
+    command = message.split('python -c "', 1)[1].split('"', 1)[0]
+    exec(command, {})  # noqa: S102 - the line the message tells users to run
+    loaded = load_model("cnn_tiny", {}, str(tmp_path / "teacher.safetensors"), 10, 1)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
 
 
 def _distill(student_taps: list[str], teacher_taps: list[str]) -> Distiller:

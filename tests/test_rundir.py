@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from kdlab.cli import main
 from kdlab.config import load_recipe
 from kdlab.engine import train
-from kdlab.errors import RunFolderError
+from kdlab.errors import CheckpointError, RunFolderError
 from kdlab.rundir import VOLATILE, RunDir, changed_keys, defining_keys, fingerprint
+
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def _recipe(tmp: Path, **train_over: Any) -> dict[str, Any]:
@@ -137,3 +144,141 @@ def test_a_lock_from_another_host_is_refused(tmp_path: Path) -> None:
     (rd.path / rd.LOCK).write_text(json.dumps({"pid": 1, "host": "elsewhere"}))
     with pytest.raises(RunFolderError, match="in use by pid 1 on host 'elsewhere'.*delete"):
         train(load_recipe(_recipe(tmp_path)))
+
+
+# ---------------------------------------------------------------- weights a recipe names
+
+
+def _teacher_from(source: Path | str) -> None:
+    from kdlab.engine import load_model  # noqa: PLC0415
+
+    load_model("cnn_tiny", {}, str(source), 10, 1, key="teacher.checkpoint")
+
+
+def test_a_training_checkpoint_as_teacher_gets_the_right_hint(finished: Path) -> None:
+    run = finished / "r"
+    step = sorted((run / "checkpoints").iterdir())[-1]
+    for given in (step, step / "model.safetensors", run / "checkpoints"):
+        with pytest.raises(CheckpointError) as info:
+            _teacher_from(given)
+        assert str(info.value) == (
+            f"teacher.checkpoint {str(given)!r} is a training checkpoint (the student and the "
+            f"terms' adapters, for resuming run {str(run)!r}), not a model's weights; give the "
+            f"run folder itself (teacher.checkpoint={run})"
+        )
+    _teacher_from(run)  # the hint works
+
+
+def test_an_unfinished_teacher_run_points_to_best_or_resume(finished: Path, tmp_path: Path) -> None:
+    run = tmp_path / "killed"
+    shutil.copytree(finished / "r", run)
+    for name in ("results.json", "model.safetensors", "last.safetensors"):
+        (run / name).unlink()  # as a kill before the end leaves it
+    step = sorted((run / "checkpoints").iterdir())[-1]
+    finish = f"finish it with `kdlab train {run / 'config.yaml'} --run-dir {run} --resume`"
+    for given, start in [
+        (run, f"{str(run)!r} is a run that has not finished (no model.safetensors); "),
+        (step, f"{str(step)!r} is a training checkpoint"),
+    ]:
+        with pytest.raises(CheckpointError) as info:
+            _teacher_from(given)
+        message = str(info.value)
+        assert message.startswith(f"teacher.checkpoint {start}")
+        assert message.endswith(
+            f"its best epoch so far (teacher.checkpoint={run / 'best.safetensors'}), or "
+            f"{finish} and give its folder"
+        )
+    _teacher_from(run / "best.safetensors")  # the hint works
+    (run / "best.safetensors").unlink()  # killed before its first epoch ended
+    with pytest.raises(CheckpointError, match=r"no epoch has finished: no best.safetensors"):
+        _teacher_from(run)
+
+
+# ---------------------------------------------------------------- resume and the CLI
+
+
+def _write(tmp: Path, data: dict[str, Any]) -> Path:
+    path = tmp / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_resume_needs_a_run_and_resume_or_start_starts_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    recipe = _write(tmp_path, _recipe(tmp_path))
+    run = tmp_path / "r"
+    assert main(["train", str(recipe), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"kdlab: error: nothing to resume in {str(run)!r}: it holds no run (no config.yaml); "
+        "start it without --resume (resume=False), or use --resume-or-start to resume only "
+        "when there is a run\n"
+    )
+    assert not run.exists()  # nothing written, not even the folder
+    with pytest.raises(RunFolderError, match="nothing to resume"):
+        train(load_recipe(_recipe(tmp_path)), resume=True)  # the Python API alike
+    assert main(["train", str(recipe), "--resume-or-start"]) == 0  # no run: starts it
+    assert main(["train", str(recipe), "train.epochs=2", "--resume-or-start"]) == 0  # resumes
+    assert [r["epoch"] for r in RunDir(run).read_metrics()] == [1, 2]
+
+
+def test_an_at_recipe_cannot_resume_a_kd_run_and_the_run_still_evaluates(
+    tmp_path: Path, digits_teacher: Path, capsys: pytest.CaptureFixture
+) -> None:
+    small = [
+        f"teacher.checkpoint={digits_teacher}",
+        "train.epochs=1",
+        "train.progress=false",
+        "train.threads=1",
+        "data.per_class=4",
+    ]
+    run = tmp_path / "kd"
+    assert main(["train", "digits/kd", *small, "--run-dir", str(run)]) == 0
+    capsys.readouterr()
+    before = _snapshot(run)
+    assert main(["train", "digits/at", *small, "--run-dir", str(run), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"kdlab: error: cannot resume {str(run)!r} with another recipe ")
+    assert "distill.terms: [{" in err and len(err.splitlines()) == 1
+    assert _snapshot(run) == before  # config.yaml included, byte for byte
+    assert main(["eval", str(run)]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["acc1"] == pytest.approx(RunDir(run).read_results()["test_best"]["acc1"])
+
+
+def test_a_second_process_cannot_write_a_running_run(tmp_path: Path) -> None:
+    """Two processes: a run trains in a subprocess; a fresh run and a resume of the same
+    folder are refused while it holds the lock."""
+    data = _recipe(tmp_path, epochs=10_000)
+    recipe = _write(tmp_path, data)
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kdlab", "train", str(recipe)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        # SIGINT as from a terminal, also when pytest runs as a shell's background job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
+    )
+    rd = RunDir(tmp_path / "r")
+    try:
+        deadline = time.monotonic() + 180
+        while not rd.has_config() and proc.poll() is None:  # written once it holds the lock
+            assert time.monotonic() < deadline, "the first run did not start"
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        config = (rd.path / rd.CONFIG).read_bytes()
+        for resume in (False, True):
+            with pytest.raises(RunFolderError, match=f"in use by pid {proc.pid} on this host"):
+                train(load_recipe(data), resume=resume, overwrite=not resume)
+        assert (rd.path / rd.CONFIG).read_bytes() == config
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=120)
+        finally:
+            proc.kill()
+    assert proc.returncode == 130
+    assert not (rd.path / rd.LOCK).exists()  # released on the way out

@@ -1,6 +1,7 @@
 """Typed recipes: YAML in, validated objects out, with errors that name the key.
 
-A recipe is user input. It is read with ``yaml.safe_load``, checked for unknown keys
+A recipe is user input. It is read with the safe YAML loader (a key repeated in one
+mapping is an error, not "the last one wins"), checked for unknown keys
 (with a did-you-mean), then validated by pydantic for types and ranges. Names inside
 it (models, datasets, methods, views) resolve through kdlab's registries only.
 """
@@ -484,13 +485,57 @@ def validate(model: type[M], data: Any, where: str = "") -> M:
 # ---------------------------------------------------------------- loading
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, lines: tuple[int, int]) -> None:
+        super().__init__(key, lines)
+        self.key, self.lines = key, lines
+
+    def describe(self) -> str:
+        first, second = self.lines
+        return (
+            f"key {self.key!r} appears twice in one mapping (lines {first} and {second}); "
+            "YAML would silently keep the last: remove one"
+        )
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (a merge ``<<``
+    may still be overridden by an explicit key)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, (seen[key], line))
+                seen[key] = line
+            except TypeError:  # an unhashable key: the base class reports it
+                pass
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_load(text: str) -> Any:
+    loader = _UniqueKeyLoader(text)  # what yaml.safe_load does, with this loader
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping with the safe loader; errors name the file."""
+    """Read a YAML mapping with the safe loader; errors name the file (and a repeated
+    key, with its lines)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = _yaml_load(path.read_text())
+    except _DuplicateKey as dup:
+        raise ConfigError(f"config file {str(path)!r}: {dup.describe()}") from None
     except yaml.YAMLError as err:  # also refuses tags such as !!python/object
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
     except (OSError, UnicodeDecodeError) as err:
@@ -559,7 +604,9 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> di
             raise ConfigError(f"override {item!r} must look like key.path=value")
         dotted, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = _yaml_load(raw) if raw != "" else ""
+        except _DuplicateKey as dup:
+            raise ConfigError(f"override {item!r}: {dup.describe()}") from None
         except yaml.YAMLError:
             value = raw
         set_dotted(data, dotted, value, what="override")

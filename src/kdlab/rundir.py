@@ -17,8 +17,11 @@ studies) goes through :class:`RunDir`; no other module names these files::
     error.txt            why the last attempt failed (written by drivers such as bench)
 
 A run's lifetime (:meth:`RunDir.session`): take the lock, check that a fresh run does
-not overwrite a run (unless ``overwrite``) and that a resume keeps the fingerprint
-(naming the keys that changed), and write nothing until both checks pass.
+not overwrite a run (unless ``overwrite``), that a resume finds a run (a folder with a
+run's config but no checkpoint yet is a run killed early: it starts afresh) and keeps
+its fingerprint (naming the keys that changed), and write nothing until the checks
+pass. A write that fails mid-run (a full disk, a folder turned read-only) is a
+:class:`~kdlab.errors.RunFolderError` naming the folder and the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from kdlab.errors import RunFolderError
+from kdlab.errors import CheckpointError, RunFolderError
 
 if TYPE_CHECKING:
     from kdlab.config import RunConfig
@@ -88,6 +91,9 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     ]
 
 
+_HELD: set[Path] = set()  # the run.lock files this process holds now
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -96,6 +102,48 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:  # another user's live process
         return True
     return True
+
+
+def weights_source(source: str | Path, key: str = "checkpoint") -> Path:
+    """The safetensors file a model's ``checkpoint:`` (named ``key`` in errors) points
+    at: a file, or a finished run's folder (its ``model.safetensors``). A training
+    checkpoint, an unfinished run or another folder is refused with what to give."""
+    path = Path(source)
+    if not path.is_dir():
+        step = path.parent if path.name == "model.safetensors" else None
+        if step is None or not _is_checkpoint(step):
+            return path  # a file (loading names a missing or unreadable one)
+        path = step
+    if _is_checkpoint(path) or (path.name == RunDir.CHECKPOINTS and _is_checkpoint_parent(path)):
+        run = RunDir(path.parent.parent if _is_checkpoint(path) else path.parent)
+        raise CheckpointError(
+            f"{key} {str(source)!r} is a training checkpoint (the student and the terms' "
+            f"adapters, for resuming run {str(run)!r}), not a model's weights; give "
+            + run._weights_hint(key)
+        )
+    run = RunDir(path)
+    selected = run.weights_path("model")
+    if selected.is_file():
+        return selected
+    if run.has_config() or run.holds_run():
+        raise CheckpointError(
+            f"{key} {str(path)!r} is a run that has not finished (no {selected.name}); "
+            + run._weights_hint(key)
+        )
+    raise CheckpointError(
+        f"{key} {str(path)!r} is a folder without {selected.name} and not a run folder (no "
+        f"{RunDir.CONFIG}); give a .safetensors file or a finished run's folder"
+    )
+
+
+def _is_checkpoint(path: Path) -> bool:
+    from kdlab.engine.checkpoint import META  # noqa: PLC0415
+
+    return path.name.startswith("step-") and (path / META).is_file()
+
+
+def _is_checkpoint_parent(path: Path) -> bool:
+    return any(_is_checkpoint(p) for p in path.glob("step-*"))
 
 
 class RunDir:
@@ -168,6 +216,18 @@ class RunDir:
                 f"no weights {which!r} in a run folder; use one of {list(WEIGHTS)}"
             )
         return self.path / WEIGHTS[which]
+
+    def _weights_hint(self, key: str) -> str:
+        """What to give as ``key`` instead of this (unfinished) run's checkpoints."""
+        finish = (
+            f"finish it with `kdlab train {self.path / self.CONFIG} --run-dir {self.path} --resume`"
+        )
+        if self.weights_path("model").is_file():
+            return f"the run folder itself ({key}={self.path})"
+        best = self.weights_path("best")
+        if best.is_file():
+            return f"its best epoch so far ({key}={best}), or {finish} and give its folder"
+        return f"{finish} and give its folder (no epoch has finished: no {best.name} yet)"
 
     # ------------------------------------------------------------------ reading
     def read_config(self) -> RunConfig:
@@ -247,7 +307,7 @@ class RunDir:
         self._write_json(self.ENV, env)
 
     def append_metrics(self, row: dict[str, Any]) -> None:
-        with open(self.path / self.METRICS, "a") as f:
+        with self._writing(self.METRICS), open(self.path / self.METRICS, "a") as f:
             f.write(json.dumps(row) + "\n")
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
@@ -266,26 +326,54 @@ class RunDir:
     def save_weights(self, which: str, state: dict[str, Tensor]) -> None:
         from kdlab.engine.checkpoint import save_weights  # noqa: PLC0415
 
-        save_weights(self.weights_path(which), state)
+        path = self.weights_path(which)
+        with self._writing(path.name):
+            save_weights(path, state)
 
     def save_checkpoint(self, step: int, weights: dict[str, Tensor], state: dict[str, Any]) -> Path:
         from kdlab.engine.checkpoint import save_checkpoint  # noqa: PLC0415
 
-        return save_checkpoint(self.checkpoints, step, weights, state)
+        with self._writing(f"checkpoint step {step}"):
+            return save_checkpoint(self.checkpoints, step, weights, state)
 
     def clear(self) -> None:
         """Remove what an earlier run left, so a fresh run never mixes in its files."""
         for name in self.ARTIFACTS:
             path = self.path / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
+            with self._writing(f"{name} (removing it)"):
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
 
     def _write_text(self, name: str, text: str) -> None:
         from kdlab.engine.checkpoint import atomic_write_text  # noqa: PLC0415
 
-        atomic_write_text(self.path / name, text)
+        with self._writing(name):
+            atomic_write_text(self.path / name, text)
+
+    @contextlib.contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """A failed write (a full disk, a read-only folder) becomes a RunFolderError that
+        names the folder and the last good checkpoint (never touched by a failed write:
+        a checkpoint is complete before the older ones are pruned)."""
+        try:
+            yield
+        except OSError as err:
+            from kdlab.engine.checkpoint import list_checkpoints  # noqa: PLC0415
+
+            reason = os.strerror(err.errno) if err.errno else str(err)
+            kept = list_checkpoints(self.checkpoints)
+            then = (
+                f"the last good checkpoint ({kept[-1].name}) is intact: free space or make the "
+                "folder writable, then continue with --resume"
+                if kept
+                else "no checkpoint was written yet: free space or make the folder writable "
+                "and start it again"
+            )
+            raise RunFolderError(
+                f"cannot write {what} in run folder {str(self.path)!r} ({reason}); {then}"
+            ) from None
 
     def _write_json(self, name: str, data: dict[str, Any]) -> None:
         self._write_text(name, json.dumps(data, indent=2))
@@ -338,6 +426,7 @@ class RunDir:
                 raise RunFolderError(f"cannot lock run folder {str(self.path)!r}: {err}") from None
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
+            _HELD.add(path.resolve())
             break
         else:
             raise RunFolderError(
@@ -346,7 +435,8 @@ class RunDir:
         try:
             yield
         finally:
-            with contextlib.suppress(OSError):
+            _HELD.discard(path.resolve())
+            with contextlib.suppress(OSError):  # a read-only folder keeps it: see below
                 held = json.loads(path.read_text())
                 if held.get("pid") == me["pid"] and held.get("host") == me["host"]:
                     path.unlink()
@@ -364,10 +454,21 @@ class RunDir:
             warnings.warn(f"kdlab: removing an unreadable lock {str(path)!r}", stacklevel=4)
             path.unlink(missing_ok=True)
             return
-        if host == socket.gethostname() and not _pid_alive(pid):
+        here = host == socket.gethostname()
+        if here and not _pid_alive(pid):
             warnings.warn(
                 f"kdlab: {str(self.path)!r} was locked by pid {pid}, which is no longer "
                 "running (a killed run); taking the lock over",
+                stacklevel=4,
+            )
+            path.unlink(missing_ok=True)
+            return
+        if here and pid == os.getpid() and path.resolve() not in _HELD:
+            # Left by an earlier run in this process that could not remove it (the
+            # folder was read-only when that run ended).
+            warnings.warn(
+                f"kdlab: {str(self.path)!r} kept a lock of an earlier run in this process "
+                f"(pid {pid}); taking it over",
                 stacklevel=4,
             )
             path.unlink(missing_ok=True)
@@ -378,16 +479,32 @@ class RunDir:
             f"wait for it to finish, or delete {str(path)!r} if that process is gone"
         )
 
+    def check_resumable(self) -> None:
+        """A resume needs a run to continue. A folder with a run's config but no
+        checkpoint yet (killed before its first) is one: it starts afresh."""
+        if self.holds_run():
+            return
+        raise RunFolderError(
+            f"nothing to resume in {str(self.path)!r}: it holds no run (no {self.CONFIG}); "
+            "start it without --resume (resume=False), or use --resume-or-start to resume "
+            "only when there is a run"
+        )
+
+    def check_start(self, cfg: RunConfig, resume: bool, overwrite: bool = False) -> None:
+        """Whether this folder may take ``cfg``: a resume must find a run with the same
+        fingerprint; a fresh run may not replace a run unless ``overwrite``."""
+        if resume:
+            self.check_resumable()
+            self.check_fingerprint(cfg)
+        else:
+            self.check_fresh(overwrite)
+
     @contextlib.contextmanager
     def session(self, cfg: RunConfig, resume: bool, overwrite: bool = False) -> Iterator[None]:
-        """Lock the folder and check it may take this run; nothing is written here.
-
-        ``resume``: the fingerprint must match (when the folder has one). Otherwise the
-        folder must hold no run unless ``overwrite``.
-        """
+        """Lock the folder and :meth:`check_start`; nothing is written here (a resume of
+        a folder holding no run does not even create it)."""
+        if resume:
+            self.check_resumable()
         with self.lock():
-            if resume:
-                self.check_fingerprint(cfg)
-            else:
-                self.check_fresh(overwrite)
+            self.check_start(cfg, resume, overwrite)
             yield

@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -155,3 +157,120 @@ def test_backend_choice() -> None:
     assert dist.backend_for("cpu") == "gloo"
     expected = "nccl" if torch.cuda.is_available() else "gloo"
     assert dist.backend_for("auto") == expected
+
+
+# ---------------------------------------------------------------- errors and interrupts
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "teacher.checkpoint=/nonexistent/t.safetensors",
+            "weights file '/nonexistent/t.safetensors'",
+        ),
+        ("student.name=mpl", "unknown model 'mpl'; did you mean 'mlp'"),
+        ("data.name=digts", "unknown dataset 'digts'; did you mean 'digits'"),
+        ("data.options.root=x", "data.options.root: not an option of dataset 'digits'"),
+        ("data.batch_size=63", "data.batch_size 63 is the global batch and must divide evenly"),
+    ],
+)
+def test_a_recipe_error_is_one_line_before_any_process_starts(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    override: str,
+    message: str,
+) -> None:
+    from kdlab.cli import main  # noqa: PLC0415
+
+    def no_spawn(*_: object, **__: object) -> None:
+        raise AssertionError("processes were spawned for a recipe with an error")
+
+    monkeypatch.setattr(dist, "launch", no_spawn)
+    cfg_path = tmp_path / "recipe.yaml"
+    cfg_path.write_text(yaml.safe_dump(recipe(tmp_path)))
+    assert main(["train", str(cfg_path), override, "--nproc", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"kdlab: error: {message}") and len(err.splitlines()) == 1, err
+
+
+def test_a_worker_error_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+) -> None:
+    """What only a worker can find (here a model's kwargs) is one line from the launcher,
+    which is this process (the workers write to the same stderr)."""
+    from kdlab.cli import main  # noqa: PLC0415
+
+    monkeypatch.setenv("PYTHONPATH", str(SRC))  # what the spawned workers import
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    cfg_path = tmp_path / "recipe.yaml"
+    cfg_path.write_text(yaml.safe_dump(recipe(tmp_path)))
+    code = main(["train", str(cfg_path), "student.kwargs.hidden=[-3]", "--nproc", "2"])
+    err = capfd.readouterr().err
+    assert code == 2
+    assert err.startswith("kdlab: error: model 'mlp' with kwargs {'hidden': [-3]}: ")
+    assert len(err.splitlines()) == 1, err
+
+
+def _default_sigint() -> None:
+    """In the child: SIGINT raises KeyboardInterrupt even when the test runs as a shell's
+    background job (which starts with SIGINT ignored, and Python keeps it so)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_sigint_to_the_launcher_alone_stops_the_workers(tmp_path: Path) -> None:
+    data = recipe(tmp_path)
+    data["train"]["epochs"] = 10_000
+    cfg_path = tmp_path / "recipe.yaml"
+    cfg_path.write_text(yaml.safe_dump(data))
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "kdlab", "train", str(cfg_path), "--nproc", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,  # noqa: PLW1509 - a shell's background job ignores SIGINT
+    )
+    run = tmp_path / "ddp"
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 240
+        # config.yaml is written by rank 0 once it holds the run folder: both ranks are up.
+        while not (run / "config.yaml").exists():
+            assert launcher.poll() is None, launcher.stderr.read() if launcher.stderr else ""
+            assert time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.2)
+        workers += _children(launcher.pid)
+        assert len(workers) >= 2
+        launcher.send_signal(signal.SIGINT)  # the launcher alone, not its process group
+        _, err = launcher.communicate(timeout=120)
+    finally:
+        for pid in [launcher.pid, *workers]:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+        launcher.wait()
+    assert launcher.returncode == 130 and err.splitlines()[-1] == "kdlab: interrupted", err
+    assert not [pid for pid in workers if _running(pid)]

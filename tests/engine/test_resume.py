@@ -7,6 +7,7 @@ first checkpoint) is tested every time. tests/test_crash.py does the same with S
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ from kdlab.data import build_dataset
 from kdlab.engine import checkpoint as ckpt
 from kdlab.engine import train
 from kdlab.engine.handlers import ReportProgress
-from kdlab.errors import CheckpointError
+from kdlab.errors import CheckpointError, RunFolderError
 
 RECIPE: dict[str, Any] = {
     "name": "resume",
@@ -53,12 +54,24 @@ def bundle():  # noqa: ANN201 - built once: loading digits dominates a tiny run
     return build_dataset(load_config(RECIPE).data)
 
 
-def _run(run_dir: Path, bundle: Any, resume: bool = False, kill_at: tuple | None = None) -> None:
+def _run(
+    run_dir: Path,
+    bundle: Any,
+    resume: bool = False,
+    kill_at: tuple | None = None,
+    overrides: tuple[str, ...] = (),
+    at: tuple | None = None,
+    do: Any = None,
+) -> None:
+    """Train RECIPE; ``kill_at`` (stage, iteration) stops it there, ``do()`` runs at ``at``."""
+
     def progress(stage: str, iteration: int, total: int) -> None:
+        if at == (stage, iteration):
+            do()
         if kill_at == (stage, iteration):
             raise Killed
 
-    cfg = load_config(RECIPE)
+    cfg = load_config(RECIPE, overrides)
     try:
         train(
             cfg,
@@ -234,3 +247,122 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_resume_with_fewer_epochs_than_done_is_refused(tmp_path: Path, bundle: Any) -> None:
+    _run(tmp_path, bundle, kill_at=("main", 9))  # checkpoint at main iteration 8: epoch 2
+    before = _snapshot(tmp_path)
+    with pytest.raises(RunFolderError) as info:
+        _run(tmp_path, bundle, resume=True, overrides=("train.epochs=1",))
+    assert str(info.value) == (
+        f"cannot resume {str(tmp_path)!r} with train.epochs=1: its checkpoint is in epoch 2 "
+        "of stage 'main', which this recipe ends after 1; resume with train.epochs >= 2, or "
+        "start a new run"
+    )
+    assert _snapshot(tmp_path) == before
+
+
+def _failing_writes(monkeypatch: pytest.MonkeyPatch, fails: Any, error: OSError) -> list[Path]:
+    """Make the atomic writer fail (after creating its temporary file) where ``fails(path)``."""
+    real, failed = ckpt.atomic_write, []
+
+    def atomic_write(path: Path, write: Any) -> None:
+        if fails(Path(path)) and not failed:
+            failed.append(Path(path))
+
+            def broken(tmp: str) -> None:
+                Path(tmp).write_bytes(b"partial")
+                raise error
+
+            return real(path, broken)
+        return real(path, write)
+
+    monkeypatch.setattr(ckpt, "atomic_write", atomic_write)
+    return failed
+
+
+@pytest.mark.parametrize(
+    ("where", "nth", "error", "what", "kept"),
+    [
+        # a full disk while a checkpoint is half written (its weights already are)
+        ("step-010000008/state.pt", 1, errno.ENOSPC, "checkpoint step 10000008", "010000006"),
+        # a folder turned read-only: the best weights at the end of main epoch 2
+        ("best.safetensors", 2, errno.EACCES, "best.safetensors", "010000008"),
+    ],
+)
+def test_a_failed_write_mid_run_keeps_the_last_checkpoint(
+    tmp_path: Path,
+    bundle: Any,
+    reference: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    where: str,
+    nth: int,
+    error: int,
+    what: str,
+    kept: str,
+) -> None:
+    seen: list[Path] = []
+
+    def fails(path: Path) -> bool:
+        if str(path).endswith(where):
+            seen.append(path)
+        return len(seen) == nth
+
+    cls = PermissionError if error == errno.EACCES else OSError
+    failed = _failing_writes(monkeypatch, fails, cls(error, os.strerror(error)))
+    with pytest.raises(RunFolderError) as info:
+        _run(tmp_path, bundle)
+    assert failed, "the injected failure never happened"
+    assert str(info.value) == (
+        f"cannot write {what} in run folder {str(tmp_path)!r} ({os.strerror(error)}); the last "
+        f"good checkpoint (step-{kept}) is intact: free space or make the folder writable, then "
+        "continue with --resume"
+    )
+    # No temporary file and no half-written checkpoint folder are left.
+    assert not list(tmp_path.rglob("*.tmp"))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir())[-1] == f"step-{kept}"
+    warnings: list[str] = []
+    _, state = ckpt.load_latest_checkpoint(tmp_path / "checkpoints", warn=warnings.append)
+    assert not warnings and state["iteration"] == int(kept) % 10_000_000
+    monkeypatch.undo()
+    _run(tmp_path, bundle, resume=True)
+    _assert_same(_outputs(tmp_path), reference)
+
+
+def _can_write_into_read_only(folder: Path) -> bool:
+    folder.mkdir(0o555)
+    try:
+        (folder / "probe").touch()
+    except PermissionError:
+        return False
+    finally:
+        folder.chmod(0o755)
+    return True
+
+
+def test_a_folder_turned_read_only_mid_run(
+    tmp_path: Path, bundle: Any, reference: dict[str, Any]
+) -> None:
+    if _can_write_into_read_only(tmp_path / "probe"):
+        pytest.skip("this user writes into read-only folders (root)")
+    tmp_path = tmp_path / "run"
+    folders = [tmp_path, tmp_path / "checkpoints"]
+
+    def read_only() -> None:
+        for folder in folders:
+            folder.chmod(0o555)
+
+    try:
+        with pytest.raises(RunFolderError, match=r"\(Permission denied\); the last good "):
+            _run(tmp_path, bundle, at=("main", 7), do=read_only)
+    finally:
+        for folder in folders:
+            folder.chmod(0o755)
+    assert (tmp_path / "run.lock").exists()  # the read-only folder kept it
+    with pytest.warns(UserWarning, match="kept a lock of an earlier run in this process"):
+        _run(tmp_path, bundle, resume=True)
+    _assert_same(_outputs(tmp_path), reference)

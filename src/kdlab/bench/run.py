@@ -136,7 +136,7 @@ def run_matrix(
                     _last[0] = now
                     bar.set_postfix_str(f"{stage} {it}/{total}", refresh=True)
 
-            resume = spec.run_dir.exists()
+            resume = RunDir(spec.run_dir).holds_run()  # a folder with only error.txt starts
             if log is not None:
                 log(f"{'resuming' if resume else 'training'} {spec.label} in {spec.run_dir}")
             try:

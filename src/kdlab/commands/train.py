@@ -11,8 +11,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="a YAML recipe")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=5")
     p.add_argument("--run-dir", help="run folder (default: output_dir/name)")
-    p.add_argument("--resume", action="store_true", help="continue from the last good checkpoint")
-    p.add_argument(
+    start = p.add_mutually_exclusive_group()
+    start.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in the run folder from its last good checkpoint (an error "
+        "when the folder holds no run)",
+    )
+    start.add_argument(
+        "--resume-or-start",
+        action="store_true",
+        help="continue the run in the run folder if there is one, else start it",
+    )
+    start.add_argument(
         "--overwrite", action="store_true", help="replace a run already in the run folder"
     )
     p.add_argument(
@@ -42,19 +53,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from kdlab.config import load_config  # noqa: PLC0415
     from kdlab.engine import distributed  # noqa: PLC0415
+    from kdlab.engine.preflight import check_run  # noqa: PLC0415
     from kdlab.errors import ConfigError  # noqa: PLC0415
+    from kdlab.rundir import RunDir  # noqa: PLC0415
 
     cfg = load_config(args.config, args.overrides)  # fail early, before any spawn
     if args.nproc is not None and args.nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
     if args.nproc and args.nproc > 1 and distributed.launched_by_torchrun():
         raise ConfigError("--nproc spawns processes itself; under torchrun, leave it out")
+    run_dir = RunDir(args.run_dir) if args.run_dir else RunDir.of(cfg)
+    resume = args.resume or (args.resume_or_start and run_dir.holds_run())
+    # Models, weights, dataset and run folder, before any process is spawned.
+    check_run(cfg, run_dir, resume=resume, overwrite=args.overwrite, nproc=args.nproc or 1)
     distributed.launch(
         _train_worker,
         args.config,
         list(args.overrides),
         args.run_dir,
-        args.resume,
+        resume,
         args.overwrite,
         nproc=args.nproc,
         device=cfg.train.device,

@@ -12,6 +12,7 @@ one before it.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -21,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from kdlab.errors import CheckpointError
 
 KEEP = 2
+META = "meta.json"  # written last: a step folder without it is not a checkpoint
 
 
 def _file_mode() -> int:
@@ -84,22 +87,65 @@ def _tensor_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
 def save_weights(
     path: Path, state: dict[str, Tensor], metadata: dict[str, str] | None = None
 ) -> None:
-    """Atomically save a state dict as safetensors."""
+    """Atomically save a state dict as safetensors (a failed write is an OSError)."""
     tensors = _tensor_dict(state)
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+    def write(tmp: str) -> None:
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except SafetensorError as err:  # its I/O errors (a full disk) are not OSErrors
+            raise OSError(f"safetensors could not write {tmp!r}: {err}") from None
+
+    atomic_write(path, write)
+
+
+# Pickle-based formats (torch.save's zip, a raw pickle) and their usual file names.
+_PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")
+_PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".pkl", ".tar"}
+
+CONVERT_HINT = (
+    "kdlab reads weights only from safetensors, which cannot run code. Convert a PyTorch "
+    'state dict you trust once: python -c "import torch; from safetensors.torch import '
+    "save_file; sd = torch.load('{src}', weights_only=True); "
+    "save_file({{k: v.contiguous().clone() for k, v in sd.items()}}, '{dst}')\" "
+    "(see docs/reliability.md)"
+)
+
+
+def _unreadable(path: Path, err: Exception) -> CheckpointError:
+    message = f"weights file {str(path)!r} is not a readable safetensors file ({err})"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        head = b""
+    if path.suffix.lower() in _PICKLE_SUFFIXES or head.startswith(_PICKLE_MAGIC):
+        message += "; " + CONVERT_HINT.format(src=path, dst=path.with_suffix(".safetensors"))
+    return CheckpointError(message)
 
 
 def load_weights(path: Path) -> dict[str, Tensor]:
-    """Load a safetensors file; a missing or unreadable file is a CheckpointError."""
+    """Load a safetensors file; a missing or unreadable file is a CheckpointError (a
+    pickled ``.pt`` gets the one-line conversion)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file {str(path)!r} does not exist")
     try:
         return load_file(str(path))
     except Exception as err:  # safetensors raises its own error types by version
-        raise CheckpointError(
-            f"weights file {str(path)!r} is not a readable safetensors file ({err})"
-        ) from None
+        raise _unreadable(path, err) from None
+
+
+def check_weights(path: Path) -> None:
+    """What :func:`load_weights` would refuse, from the file's header alone (cheap)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except Exception as err:
+        raise _unreadable(path, err) from None
 
 
 def load_state(path: Path) -> dict[str, Any]:
@@ -133,15 +179,23 @@ def save_checkpoint(
     target = folder / f"step-{step:09d}"
     if target.exists():
         shutil.rmtree(target)
-    target.mkdir(parents=True)
-    save_weights(target / "model.safetensors", weights)
-    atomic_write(target / "state.pt", lambda tmp: torch.save(state, tmp))
-    meta = {
-        "step": step,
-        "model.safetensors": _sha256(target / "model.safetensors"),
-        "state.pt": _sha256(target / "state.pt"),
-    }
-    atomic_write_text(target / "meta.json", json.dumps(meta))
+    # Serialised in memory first: torch.save reports a full disk as a RuntimeError.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    try:
+        target.mkdir(parents=True)
+        save_weights(target / "model.safetensors", weights)
+        atomic_write_bytes(target / "state.pt", buffer.getvalue())
+        meta = {
+            "step": step,
+            "model.safetensors": _sha256(target / "model.safetensors"),
+            "state.pt": _sha256(target / "state.pt"),
+        }
+        atomic_write_text(target / META, json.dumps(meta))
+    except BaseException:
+        # Without meta.json the folder is ignored anyway; removing it frees the space.
+        shutil.rmtree(target, ignore_errors=True)
+        raise
     for old in list_checkpoints(folder)[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
     return target
@@ -152,13 +206,13 @@ def list_checkpoints(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.glob("step-*") if (p / "meta.json").is_file())
+    return sorted(p for p in folder.glob("step-*") if (p / META).is_file())
 
 
 def verify_checkpoint(path: Path) -> None:
     """Raise CheckpointError unless both files match the hashes in meta.json."""
     try:
-        meta = json.loads((path / "meta.json").read_text())
+        meta = json.loads((path / META).read_text())
     except (OSError, ValueError) as err:
         raise CheckpointError(f"checkpoint {str(path)!r}: meta.json unreadable ({err})") from None
     for name in ("model.safetensors", "state.pt"):

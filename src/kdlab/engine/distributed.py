@@ -14,17 +14,27 @@ See ``docs/distributed.md`` for launching on one or several machines.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import multiprocessing
 import os
+import signal
 import socket
-from collections.abc import Callable, Mapping
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import ignite.distributed as idist
 import torch
 from torch import Tensor, nn
+from torch.multiprocessing.spawn import ProcessException
 
-from kdlab.errors import ConfigError
+from kdlab import errors
+from kdlab.errors import ConfigError, KdlabError
 
 
 def rank() -> int:
@@ -69,6 +79,9 @@ def launch(
 
     Under torchrun the process group comes from its environment; with ``nproc > 1``
     ``nproc`` local processes are spawned; otherwise ``fn`` runs here, undistributed.
+    A spawned worker's :class:`~kdlab.errors.KdlabError` is raised here (the lowest
+    rank's, one line; the other workers are stopped), and a KeyboardInterrupt here
+    (SIGINT to this process alone) interrupts the workers before it propagates.
     """
     if launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         with idist.Parallel(backend=backend_for(device)) as parallel:
@@ -81,15 +94,76 @@ def launch(
                 "that many, or train.device=cpu for gloo"
             )
         port = master_port or free_port()
-        with idist.Parallel(
-            backend=backend_for(device),
-            nproc_per_node=nproc,
-            master_addr="127.0.0.1",
-            master_port=port,
-        ) as parallel:
-            parallel.run(fn, *args)
+        with tempfile.TemporaryDirectory(prefix="kdlab-ranks-") as reports, _quiet_spawn():
+            try:  # idist.spawn: what idist.Parallel runs, without its INFO lines
+                idist.spawn(
+                    backend_for(device),
+                    _reporting,
+                    args=(fn, reports, *args),
+                    nproc_per_node=nproc,
+                    master_addr="127.0.0.1",
+                    master_port=port,
+                )
+            except KeyboardInterrupt:  # SIGINT to the launcher alone: the workers stop too
+                _stop_workers()
+                raise
+            except ProcessException:
+                raise _reported_error(reports) from None
     else:
         fn(0, *args)
+
+
+def _reporting(local_rank: int, fn: Callable[..., Any], reports: str, *args: Any) -> None:
+    """A spawned worker: a kdlab error is written for the launcher (which raises it as
+    one line) instead of a traceback, and the worker exits with status 2."""
+    try:
+        fn(local_rank, *args)
+    except KdlabError as err:
+        report = {"type": type(err).__name__, "message": str(err)}
+        (Path(reports) / f"rank-{rank():05d}.json").write_text(json.dumps(report))
+        sys.exit(2)
+
+
+def _reported_error(reports: str) -> BaseException:
+    """The lowest rank's kdlab error, or the original exception (a bug: its traceback)."""
+    found = sorted(Path(reports).glob("rank-*.json"))
+    if not found:
+        return sys.exc_info()[1] or RuntimeError("a worker failed")
+    report = json.loads(found[0].read_text())
+    kind = getattr(errors, str(report.get("type")), None)
+    if not (isinstance(kind, type) and issubclass(kind, KdlabError)):
+        kind = KdlabError
+    return kind(report.get("message", ""))
+
+
+def _stop_workers(grace: float = 10.0) -> None:
+    """Interrupt the spawned workers (they release the run folder as they unwind); kill
+    those still running after ``grace`` seconds (blocked in a collective, say)."""
+    children = multiprocessing.active_children()
+    for child in children:
+        if child.pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(child.pid, signal.SIGINT)
+    deadline = time.monotonic() + grace
+    for child in children:
+        child.join(max(0.0, deadline - time.monotonic()))
+    for child in children:
+        if child.is_alive():
+            child.kill()
+            child.join()
+
+
+@contextlib.contextmanager
+def _quiet_spawn() -> Iterator[None]:
+    # torch logs "Terminating process N via signal SIGTERM" when one worker fails; the
+    # launcher reports the failure itself.
+    logger = logging.getLogger("torch.multiprocessing.spawn")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def local_device(device: torch.device) -> torch.device:
@@ -100,9 +174,10 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
-def per_rank_batch(batch_size: int) -> int:
-    """The share of the global batch ``data.batch_size`` that each rank takes."""
-    n = world_size()
+def per_rank_batch(batch_size: int, n: int | None = None) -> int:
+    """The share of the global batch ``data.batch_size`` that each of ``n`` ranks
+    (default: this run's) takes."""
+    n = world_size() if n is None else n
     if batch_size % n:
         raise ConfigError(
             f"data.batch_size {batch_size} is the global batch and must divide evenly over "

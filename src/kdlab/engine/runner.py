@@ -14,6 +14,7 @@ keeps the resolved recipe, the environment, per-epoch metrics, checkpoints and w
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import warnings
 from collections.abc import Sequence
@@ -48,10 +49,10 @@ from kdlab.engine.loggers import ExperimentLoggers
 from kdlab.engine.optim import build_optimizer, build_scheduler
 from kdlab.engine.stages import MAIN, Stage, resolve_stages, trainable_parameters
 from kdlab.engine.step import Precision, make_step, wants_channels_last
-from kdlab.errors import CheckpointError, ConfigError
+from kdlab.errors import CheckpointError, ConfigError, RunFolderError
 from kdlab.methods import build_terms
 from kdlab.models import count_parameters, create_model
-from kdlab.rundir import RunDir
+from kdlab.rundir import RunDir, weights_source
 from kdlab.views import build_views
 from kdlab.views.augment import augment
 
@@ -132,15 +133,15 @@ def load_model(
     num_classes: int,
     in_channels: int,
     output: int | str | None = None,
+    key: str = "checkpoint",
 ) -> nn.Module:
-    """A model from the registry, with weights from a run folder or safetensors file;
-    ``output`` picks its logits from a tuple / dict output (``student.output``)."""
+    """A model from the registry, with weights from a finished run's folder or a
+    safetensors file (``key`` names the recipe entry in errors); ``output`` picks its
+    logits from a tuple / dict output (``student.output``)."""
     model = create_model(name, num_classes, in_channels, output=output, **kwargs)
     if checkpoint is None:
         return model
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = RunDir(path).weights_path("model")
+    path = weights_source(checkpoint, key)
     state = ckpt.load_weights(path)
     missing, unexpected = _compare_keys(model.state_dict(), state)
     if missing or unexpected:
@@ -236,6 +237,7 @@ class Trainer:
             d.num_classes,
             d.in_channels,
             cfg.student.output,
+            key="student.checkpoint",
         )
         teacher = None
         if cfg.teacher is not None:
@@ -246,6 +248,7 @@ class Trainer:
                 d.num_classes,
                 d.in_channels,
                 cfg.teacher.output,
+                key="teacher.checkpoint",
             )
         terms = build_terms(cfg.distill.terms)
         for term in terms:  # terms that index the training set (CRD's memory bank)
@@ -399,6 +402,7 @@ class Trainer:
                 f"checkpoint in {str(self.run_dir)!r} is at stage {state['stage_index']} but "
                 f"this recipe has {len(self.stages)} stages; was the recipe changed?"
             )
+        self._check_epochs(state)
         try:
             self.distiller.load_state_dict(weights)
         except RuntimeError as err:  # same keys, other shapes: a changed recipe
@@ -407,6 +411,20 @@ class Trainer:
             ) from None
         state["elapsed"] = float(state.get("elapsed", 0.0))
         return state
+
+    def _check_epochs(self, state: dict[str, Any]) -> None:
+        """train.epochs may grow on resume, but not below what the checkpoint has done."""
+        stage = self.stages[state["stage_index"]]
+        per_epoch = max(len(self.train_loader), 1)
+        if state["iteration"] <= stage.epochs * per_epoch:
+            return
+        done = -(-state["iteration"] // per_epoch)  # the epoch it is in, counted as done
+        need = f"train.epochs >= {done}" if stage.is_main else "the run's train.epochs"
+        raise RunFolderError(
+            f"cannot resume {str(self.run_dir)!r} with train.epochs={self.cfg.train.epochs}: "
+            f"its checkpoint is in epoch {done} of stage {stage.name!r}, which this recipe "
+            f"ends after {stage.epochs}; resume with {need}, or start a new run"
+        )
 
     def run_stage(self, index: int, stage: Stage, resume: dict[str, Any] | None) -> None:
         """One stage as an Ignite engine; ``resume`` is a checkpoint state inside it."""
@@ -437,6 +455,8 @@ class Trainer:
             else None,
         )
         engine = Engine(step)
+        # The caller gets every exception; Ignite's own log line of it would repeat it.
+        engine.logger.setLevel(logging.CRITICAL)
         run = StageRun(self, stage, index, optimizer, scheduler, loader, self.precision)
         run.handlers = self.handlers
         # The loop itself: each epoch's order, then the per-epoch schedule.
