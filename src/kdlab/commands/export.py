@@ -72,9 +72,7 @@ def read_run_student(run: Path, weights: str = "model.safetensors") -> tuple[nn.
     model = load_model(
         cfg.student.name, cfg.student.kwargs, str(run / weights), data.num_classes, data.in_channels
     )
-    split = data.train
-    example = split.example(2) if hasattr(split, "example") else split.x[:2]
-    return model.eval(), example
+    return model.eval(), data.train.example(2)  # streamed splits decode just these two
 
 
 def export_onnx(model: nn.Module, example: Tensor, path: Path, opset: int | None = None) -> None:

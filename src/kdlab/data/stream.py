@@ -110,6 +110,12 @@ class StreamingSplit:
     calls) checks the worker options and hands a :class:`LoaderSpec` to ``_make_loader``."""
 
     loader_defaults: dict[str, Any]
+    train_transform: ImageTransform
+
+    @property
+    def augments(self) -> bool:
+        """Whether a sample's training reads differ between epochs (a random transform)."""
+        return self.train_transform.is_random
 
     def loader(
         self,

@@ -27,7 +27,8 @@ from torch import Tensor, nn
 
 from kdlab.config import RunConfig
 from kdlab.data import DataBundle, build_dataset, make_loader
-from kdlab.data.base import check_bundle
+from kdlab.data.base import Split, check_bundle
+from kdlab.data.stream import StreamingSplit
 from kdlab.distiller import Distiller
 from kdlab.engine import checkpoint as ckpt
 from kdlab.engine import distributed as dist
@@ -162,13 +163,22 @@ def _compare_keys(expected: dict[str, Tensor], got: dict[str, Tensor]) -> tuple[
     return sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
 
 
-def _enable_teacher_cache(cfg: RunConfig, distiller: Distiller, num_samples: int) -> None:
+def _enable_teacher_cache(cfg: RunConfig, distiller: Distiller, train: Split) -> None:
     aug = cfg.data.augment
+    exact = (
+        "train.cache_teacher reuses the teacher's outputs for each sample, which is exact "
+        "only when the teacher sees the same input every epoch"
+    )
     if aug.crop_padding or aug.hflip:
         raise ConfigError(
-            "train.cache_teacher reuses the teacher's outputs for each sample, which is exact "
-            "only when the teacher sees the same input every epoch; data.augment "
-            f"(crop_padding={aug.crop_padding}, hflip={aug.hflip}) changes it: turn one off"
+            f"{exact}; data.augment (crop_padding={aug.crop_padding}, hflip={aug.hflip}) "
+            "changes it: turn one off"
+        )
+    if isinstance(train, StreamingSplit) and train.augments:
+        raise ConfigError(
+            f"{exact}; dataset {cfg.data.name!r} reads its training images through a random "
+            "transform (data.options.train_transform), which changes it: set train_transform: "
+            "eval, or turn train.cache_teacher off"
         )
     views = sorted(
         {t.params.teacher_view for t in distiller.terms.values() if t.needs_teacher} - {"default"}
@@ -179,7 +189,7 @@ def _enable_teacher_cache(cfg: RunConfig, distiller: Distiller, num_samples: int
             "are computed every step; only the default view is cached",
             stacklevel=3,
         )
-    distiller.enable_teacher_cache(num_samples)
+    distiller.enable_teacher_cache(len(train))
 
 
 class Trainer:
@@ -255,7 +265,7 @@ class Trainer:
         if self.channels_last:
             self.distiller.to(memory_format=torch.channels_last)
         if tcfg.cache_teacher and teacher is not None:
-            _enable_teacher_cache(cfg, self.distiller, len(d.train))
+            _enable_teacher_cache(cfg, self.distiller, d.train)
         if tcfg.compile:
             self._compile(student, teacher)
         self.stages = resolve_stages(cfg, self.distiller)
