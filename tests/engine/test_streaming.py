@@ -12,6 +12,7 @@ also show that nothing in the engine reads one.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -108,6 +109,9 @@ def _run(recipe: dict, run_dir: Path, resume: bool = False, kill_at: int | None 
 def reference(tree: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     run_dir = tmp_path_factory.mktemp("reference")
     _run(_recipe(tree), run_dir)
+    # The run stopped its loaders' workers (left to the garbage collector, a trainer's
+    # persistent workers took 5 s each to stop).
+    assert not multiprocessing.active_children()
     out = _outputs(run_dir)
     assert [r["epoch"] for r in out["rows"]] == [1, 2]
     return out
@@ -120,6 +124,7 @@ def test_streamed_run_killed_mid_epoch_resumes_bit_exact(
 ) -> None:
     _run(_recipe(tree), tmp_path, kill_at=kill_at)
     assert not (tmp_path / "results.json").exists()
+    assert not multiprocessing.active_children()  # stopped on the way out, too
     _run(_recipe(tree), tmp_path, resume=True)
     _assert_same(_outputs(tmp_path), reference)
 

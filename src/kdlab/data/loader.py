@@ -10,7 +10,8 @@ In-memory splits (:class:`~kdlab.data.base.TensorSplit`) get a :class:`TensorLoa
 (no worker processes, no per-sample Python); any other split builds its own loader
 through its ``loader(...)`` method (streaming splits: worker processes, see
 :mod:`kdlab.data.stream`). Every loader yields ``(x, y, index)`` batches, has
-``len()`` = batches per epoch on this rank, ``set_epoch(e)`` and ``start_batch``.
+``len()`` = batches per epoch on this rank, ``set_epoch(e)`` and ``start_batch``; a
+loader with worker processes also has ``close()`` (see :func:`close_loader`).
 """
 
 from __future__ import annotations
@@ -147,3 +148,11 @@ def make_loader(
         device=device,
         **opts,
     )
+
+
+def close_loader(loader: Any) -> None:
+    """Stop ``loader``'s worker processes, if it has any (the owner of a loader calls
+    this when done with it; loaders without workers have nothing to close)."""
+    close = getattr(loader, "close", None)
+    if close is not None:
+        close()

@@ -298,6 +298,18 @@ class StreamLoader:
         self._keys.start, self.start_batch = self.start_batch, 0
         yield from on_device(self._loader, self.device)
 
+    def close(self) -> None:
+        """Stop the worker processes now (a later iteration starts new ones).
+
+        Left to the garbage collector, a loader held in a reference cycle (a trainer's)
+        may be collected after its queues were finalised: each worker then waits out
+        DataLoader's 5 s shutdown timeout.
+        """
+        workers = getattr(self._loader, "_iterator", None)  # the persistent workers
+        if workers is not None:
+            workers._shutdown_workers()
+            self._loader._iterator = None
+
 
 def on_device(batches: Iterable[Batch], device: torch.device) -> Iterator[Batch]:
     """Batches moved to ``device`` (asynchronously from pinned memory on CUDA); a

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from kdlab.config import RunConfig
 from kdlab.data import DataBundle, build_dataset, make_loader
 from kdlab.data.base import Split, check_bundle
+from kdlab.data.loader import close_loader
 from kdlab.data.stream import StreamingSplit
 from kdlab.distiller import Distiller
 from kdlab.engine import checkpoint as ckpt
@@ -331,7 +332,11 @@ class Trainer:
         session = self.run_dir.session(self.cfg, resume, overwrite) if main else None
         with session or contextlib.nullcontext():
             dist.barrier()
-            return self._run(resume)
+            try:
+                return self._run(resume)
+            finally:  # worker processes of streaming loaders stop with the run
+                close_loader(self.train_loader)
+                close_loader(self.val_loader)
 
     def _run(self, resume: bool) -> RunResult:
         rd = self.run_dir
@@ -488,6 +493,7 @@ class Trainer:
             epoch = self.best.epoch
         else:
             best, epoch = last, self.cfg.train.epochs
+        close_loader(test)
         val_best = None
         if has_best:
             row = next((r for r in self.history if r["stage"] == MAIN and r["epoch"] == epoch), {})
