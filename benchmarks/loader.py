@@ -37,8 +37,12 @@ from kdlab.data import build_dataset, make_loader
 from kdlab.models import create_model
 
 
-def make_photos(root: Path, n: int, height: int, width: int, classes: int = 10) -> None:
-    """``n`` JPEGs of smooth colour fields plus noise in ``root/{train,val}/<class>/``."""
+def make_photos(
+    root: Path, n: int, height: int, width: int, classes: int = 10, copies: int = 1
+) -> None:
+    """``n`` JPEGs of smooth colour fields plus noise in ``root/{train,val}/<class>/``;
+    each training image also hard-linked ``copies - 1`` times (epochs long enough for a
+    loader's pipeline to fill, without making every JPEG: decoding costs the same)."""
     from PIL import Image  # noqa: PLC0415
 
     rng = np.random.default_rng(0)
@@ -50,7 +54,10 @@ def make_photos(root: Path, n: int, height: int, width: int, classes: int = 10) 
         coarse = rng.integers(0, 256, (height // 25 + 1, width // 25 + 1, 3), dtype=np.uint8)
         img = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC))
         img = np.clip(img.astype(np.int16) + rng.integers(-20, 21, img.shape), 0, 255)
-        Image.fromarray(img.astype(np.uint8)).save(folder / f"{i:06d}.jpg", quality=90)
+        path = folder / f"{i:06d}.jpg"
+        Image.fromarray(img.astype(np.uint8)).save(path, quality=90)
+        for copy in range(1, copies if split == "train" else 1):
+            os.link(path, folder / f"{i:06d}-{copy}.jpg")
 
 
 def loader_rate(root: Path, workers: int, batch: int, train: bool, epochs: int) -> float:
