@@ -10,8 +10,7 @@ In-memory splits (:class:`~kdlab.data.base.TensorSplit`) get a :class:`TensorLoa
 (no worker processes, no per-sample Python); any other split builds its own loader
 through its ``loader(...)`` method (streaming splits: worker processes, see
 :mod:`kdlab.data.stream`). Every loader yields ``(x, y, index)`` batches, has
-``len()`` = batches per epoch on this rank, ``set_epoch(e)`` and ``start_batch``; a
-loader with worker processes also has ``close()`` (see :func:`close_loader`).
+``len()`` = batches per epoch on this rank, ``set_epoch(e)`` and ``start_batch``.
 """
 
 from __future__ import annotations
@@ -151,8 +150,8 @@ def make_loader(
 
 
 def close_loader(loader: Any) -> None:
-    """Stop ``loader``'s worker processes, if it has any (the owner of a loader calls
-    this when done with it; loaders without workers have nothing to close)."""
+    """Stop ``loader``'s worker processes, if it has any: a loader with workers has
+    ``close()``; its owner calls this when done with it."""
     close = getattr(loader, "close", None)
     if close is not None:
         close()

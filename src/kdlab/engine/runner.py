@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -330,13 +330,18 @@ class Trainer:
         """
         main = self.rank == 0  # only rank 0 writes the run folder
         session = self.run_dir.session(self.cfg, resume, overwrite) if main else None
-        with session or contextlib.nullcontext():
+        with session or contextlib.nullcontext(), self._stopping_workers():
             dist.barrier()
-            try:
-                return self._run(resume)
-            finally:  # worker processes of streaming loaders stop with the run
-                close_loader(self.train_loader)
-                close_loader(self.val_loader)
+            return self._run(resume)
+
+    @contextlib.contextmanager
+    def _stopping_workers(self) -> Iterator[None]:
+        """The loaders' worker processes stop when the run ends, however it ends."""
+        try:
+            yield
+        finally:
+            close_loader(self.train_loader)
+            close_loader(self.val_loader)
 
     def _run(self, resume: bool) -> RunResult:
         rd = self.run_dir
