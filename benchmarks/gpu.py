@@ -50,7 +50,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,7 @@ class Plan:
     threads: int | None = None  # torch threads (train.threads); None: torch's default
     compile: bool = True
     nccl: bool = True
+    work: str | None = None  # where run folders and generated images go (main sets it)
 
 
 FULL = Plan(
@@ -168,10 +169,12 @@ def synthetic(pair: tuple[str, str, int, int], n: int, seed: int = 0) -> Any:
     return DataBundle(split(n), None, split(min(n, 64)), classes, 3, (size, size), "synthetic")
 
 
-def trainer_for(cfg: Any, bundle: Any = None) -> Any:
+def trainer_for(plan: Plan, cfg: Any, bundle: Any = None, handlers: Sequence[Any] = ()) -> Any:
+    """A Trainer for ``cfg`` in a fresh run folder under ``plan.work``."""
     from kdlab.engine.runner import Trainer  # noqa: PLC0415
 
-    return Trainer(cfg, tempfile.mkdtemp(prefix="kdlab-gpu-"), bundle=bundle)
+    run_dir = tempfile.mkdtemp(prefix="run-", dir=plan.work)
+    return Trainer(cfg, run_dir, bundle=bundle, handlers=handlers)
 
 
 def _rows(trainer: Any) -> list[dict[str, Any]]:
@@ -184,7 +187,7 @@ def _rows(trainer: Any) -> list[dict[str, Any]]:
 def check_fp16(plan: Plan) -> str:
     pair = plan.small
     cfg = recipe(plan, pair, plan.small_batches[0], "fp16", kd=False, epochs=4)
-    trainer = trainer_for(cfg, synthetic(pair, 4 * plan.small_batches[0]))
+    trainer = trainer_for(plan, cfg, synthetic(pair, 4 * plan.small_batches[0]))
     trainer.run()
     losses = [r["train_loss"] for r in _rows(trainer)]
     assert all(map(math.isfinite, losses)) and losses[-1] < losses[0], losses
@@ -198,7 +201,7 @@ def check_bf16(plan: Plan) -> str:
     pair = plan.small
     cfg = recipe(plan, pair, plan.small_batches[0], "bf16")
     bundle = synthetic(pair, 2 * plan.small_batches[0])
-    trainer = trainer_for(cfg, bundle)
+    trainer = trainer_for(plan, cfg, bundle)
     x = bundle.train.example(4).to(trainer.device)
     with trainer.precision.autocast():
         logits = trainer.distiller.student(x)
@@ -214,7 +217,7 @@ def check_channels_last(plan: Plan) -> str:
     from kdlab.models import create_model  # noqa: PLC0415
 
     pair = plan.big
-    trainer = trainer_for(recipe(plan, pair, 2, "fp32", kd=False), synthetic(pair, 8))
+    trainer = trainer_for(plan, recipe(plan, pair, 2, "fp32", kd=False), synthetic(pair, 8))
     student = trainer.distiller.student.eval()
     weight = next(p for p in student.parameters() if p.dim() == 4)
     assert trainer.channels_last and weight.is_contiguous(memory_format=torch.channels_last)
@@ -234,7 +237,7 @@ def check_compile(plan: Plan) -> str:
 
     pair = plan.small
     cfg = recipe(plan, pair, plan.small_batches[0], "fp32", kd=False, compile=True)
-    trainer = trainer_for(cfg, synthetic(pair, 2 * plan.small_batches[0]))
+    trainer = trainer_for(plan, cfg, synthetic(pair, 2 * plan.small_batches[0]))
     student = trainer.distiller.student
     eager = create_model(pair[1], pair[3]).to(trainer.device)
     eager.load_state_dict(student.state_dict())
@@ -278,7 +281,7 @@ def check_nccl(plan: Plan) -> str:
 def check_streaming(plan: Plan) -> str:
     from kdlab.data.imagetree import make_image_tree  # noqa: PLC0415
 
-    tree = make_image_tree(tempfile.mkdtemp(prefix="kdlab-tree-"), size=40, per_class=5)
+    tree = make_image_tree(tempfile.mkdtemp(prefix="tree-", dir=plan.work), size=40, per_class=5)
     data = {
         "name": "imagenet",
         "root": str(tree),
@@ -288,7 +291,7 @@ def check_streaming(plan: Plan) -> str:
     }
     precision = "fp16" if plan.device == "cuda" else "fp32"
     cfg = recipe(plan, plan.small, 8, precision, data=data, checkpoint_every=2)
-    trainer = trainer_for(cfg)
+    trainer = trainer_for(plan, cfg)
     pinned = trainer.train_loader.spec.pin
     assert pinned == (plan.device == "cuda"), pinned
     result = trainer.run()
@@ -330,13 +333,12 @@ def run_checks(plan: Plan) -> tuple[list[str], int]:
 # ---------------------------------------------------------------- timings
 
 
-def train_rate(cfg: Any, bundle: Any = None) -> tuple[float, Any]:
+def train_rate(plan: Plan, cfg: Any, bundle: Any = None) -> tuple[float, Any]:
     """Images/s of ``train(cfg)`` over its epochs after the first, and the trainer."""
     from kdlab.engine.handlers import Timing  # noqa: PLC0415
-    from kdlab.engine.runner import Trainer  # noqa: PLC0415
 
     timing = Timing()
-    trainer = Trainer(cfg, tempfile.mkdtemp(prefix="kdlab-gpu-"), bundle=bundle, handlers=[timing])
+    trainer = trainer_for(plan, cfg, bundle, [timing])
     trainer.run()
     per_epoch = len(trainer.train_loader)
     seconds = [s for _, it, s in timing.records if it > per_epoch]
@@ -371,8 +373,8 @@ def time_pair(plan: Plan, name: str, pair: tuple[str, str, int, int], batch: int
     rows = []
     bundle = synthetic(pair, plan.steps * batch)
     for precision in ("fp32", "bf16"):
-        plain, _ = train_rate(recipe(plan, pair, batch, precision, kd=False), bundle)
-        kd, trainer = train_rate(recipe(plan, pair, batch, precision), bundle)
+        plain, _ = train_rate(plan, recipe(plan, pair, batch, precision, kd=False), bundle)
+        kd, trainer = train_rate(plan, recipe(plan, pair, batch, precision), bundle)
         teach = teacher_rate(trainer, batch, plan.steps)
         rates = " | ".join(f"{r:,.0f}" for r in (plain, teach, kd))
         rows.append(f"| {name} | {batch} | {precision} | synthetic, in device memory | {rates} |")
@@ -389,7 +391,7 @@ def time_streaming(plan: Plan) -> list[str]:
     spec.loader.exec_module(bench_loader)
     rows = []
     teacher, student, size, _ = plan.big
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=plan.work) as tmp:
         t = time.perf_counter()
         bench_loader.make_photos(Path(tmp), plan.photos, *plan.photo_size, 100, plan.copies)
         print(f"# {plan.photos} JPEGs made in {time.perf_counter() - t:.0f} s", flush=True)
@@ -402,7 +404,7 @@ def time_streaming(plan: Plan) -> list[str]:
         }
         for precision in ("fp32", "bf16"):
             cfg = recipe(plan, plan.big, plan.big_batch, precision, data=data, epochs=3)
-            rate, trainer = train_rate(cfg)
+            rate, trainer = train_rate(plan, cfg)
             h, w = plan.photo_size
             rows.append(
                 f"| {teacher} -> {student}, {size}x{size} | {plan.big_batch} | {precision} | "
@@ -412,6 +414,42 @@ def time_streaming(plan: Plan) -> list[str]:
             )
             print(rows[-1], flush=True)
     return rows
+
+
+def measure(plan: Plan) -> tuple[list[str], int]:
+    rows = [
+        "",
+        "## Images per second",
+        "",
+        "`train()` with the Timing handler: host time between steps over the epochs after "
+        f"the first ({plan.steps} steps each on synthetic data); KD = 0.1 CE + 0.9 KD (T 4), "
+        "SGD; student = the same run with CE only and no teacher; teacher = inference_mode "
+        "forward under the run's autocast (synchronised median). Every run is "
+        "channels_last (train.channels_last: auto, on for conv nets); cuDNN's autotuner "
+        "is off, as the engine leaves it.",
+        "",
+        "| pair | batch | precision | input | student run | teacher inference | KD run |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    parts: list[tuple[Callable[..., list[str]], tuple[Any, ...]]] = [
+        (time_pair, (plan, _name(plan.small), plan.small, batch)) for batch in plan.small_batches
+    ]
+    parts += [(time_pair, (plan, _name(plan.big), plan.big, plan.big_batch))]
+    parts += [(time_streaming, (plan,))]
+    failed = 0
+    for fn, args in parts:
+        try:
+            rows += fn(*args)
+        except Exception as err:  # one failed measurement must not lose the others
+            failed += 1
+            traceback.print_exc()
+            rows.append(f"| FAILED: {fn.__name__}{args[1:3]}: {type(err).__name__}: {err} |")
+    return rows, failed
+
+
+def _name(pair: tuple[str, str, int, int]) -> str:
+    teacher, student, size, _ = pair
+    return f"{teacher} -> {student}, {size}x{size}"
 
 
 # ---------------------------------------------------------------- main
@@ -458,31 +496,15 @@ def main(argv: list[str] | None = None) -> int:
         "| path | result |",
         "| --- | --- |",
     ]
-    lines, failed = run_checks(plan)
-    rows = [
-        "",
-        "## Images per second",
-        "",
-        "`train()` with the Timing handler: host time between steps over the epochs after "
-        f"the first ({plan.steps} steps each on synthetic data); KD = 0.1 CE + 0.9 KD (T 4), "
-        "SGD; student = the same run with CE only and no teacher; teacher = inference_mode "
-        "forward under the run's autocast (synchronised median). Every run is "
-        "channels_last (train.channels_last: auto, on for conv nets).",
-        "",
-        "| pair | batch | precision | input | student run | teacher inference | KD run |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    teacher, student, size, _ = plan.small
-    for batch in plan.small_batches:
-        rows += time_pair(plan, f"{teacher} -> {student}, {size}x{size}", plan.small, batch)
-    teacher, student, size, _ = plan.big
-    rows += time_pair(plan, f"{teacher} -> {student}, {size}x{size}", plan.big, plan.big_batch)
-    rows += time_streaming(plan)
+    with tempfile.TemporaryDirectory(prefix="kdlab-gpu-") as work:
+        plan = replace(plan, work=work)
+        lines, failed = run_checks(plan)
+        rows, failed_too = measure(plan)
     rows += ["", f"Total time of the script: {time.perf_counter() - began:.0f} s."]
     if out is not None:
         Path(out).write_text("\n".join(head + lines + rows) + "\n")
         print(f"wrote {out}")
-    return 1 if failed else 0
+    return 1 if failed or failed_too else 0
 
 
 if __name__ == "__main__":
