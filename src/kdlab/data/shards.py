@@ -350,8 +350,8 @@ class ShardLoader:
         sizes alone, on what any rank's workers batch in any epoch (the engine counts an
         epoch's iterations once; the per-epoch count varies with the shard order)."""
         counts = np.sort(self.split.kept_per_shard())
-        ranks_shards = len(counts) // self.world_size  # the rank holding the fewest shards
-        fewest = int(counts[:ranks_shards].sum())
+        least = len(counts) // self.world_size  # shards of the rank that gets the fewest
+        fewest = int(counts[:least].sum())  # the fewest samples a rank can get
         b = self.batch_size
         if not self.drop_last:  # a worker's ceil(k / b) batches sum to at least ceil(K / b)
             return math.ceil(fewest / b)
@@ -360,7 +360,7 @@ class ShardLoader:
         # Two bounds: the busy workers' remainders lose fewer than `busy` batches in all;
         # and each worker holds at least its share of the smallest shards.
         whole = fewest // b - (busy - 1)
-        shares = [len(range(i, ranks_shards, workers)) for i in range(workers)]
+        shares = [len(range(i, least, workers)) for i in range(workers)]
         each = sum(int(counts[:s].sum()) // b for s in shares)
         n = max(whole, each)
         if n < 1:
