@@ -12,8 +12,11 @@ realistically sized), then measures, per worker count (``--workers 0 1 2``):
 and, on the same machine and threads, the training step that consumes them: a plain
 ResNet-18 step (forward, cross-entropy, backward, SGD) and a ResNet-34 -> ResNet-18 KD
 step at 224x224 (median of ``--steps`` steps after a warm-up). The loader keeps up when
-its images/s exceed the step's. The load average before and after is printed: the
-machine is shared, so say what else ran.
+its images/s exceed the step's. Last, the loader feeding the real training loop: short
+``train()`` runs (KD cnn_small -> cnn_tiny at 224x224, a step cheap enough for decoding
+to matter, 1 torch thread) streaming the tree with ``--train-workers`` and, for
+comparison, the same run on tensors held in memory. The load average before and after
+is printed: the machine is shared, so say what else ran.
 
     PYTHONPATH=src python benchmarks/loader.py --images 512 --batch 32
 """
@@ -36,9 +39,15 @@ from kdlab.config import DataConfig
 from kdlab.data import build_dataset, make_loader
 from kdlab.models import create_model
 
+TERMS = [{"method": "ce", "weight": 0.1}, {"method": "kd", "weight": 0.9}]
 
-def make_photos(root: Path, n: int, height: int, width: int, classes: int = 10) -> None:
-    """``n`` JPEGs of smooth colour fields plus noise in ``root/{train,val}/<class>/``."""
+
+def make_photos(
+    root: Path, n: int, height: int, width: int, classes: int = 10, copies: int = 1
+) -> None:
+    """``n`` JPEGs of smooth colour fields plus noise in ``root/{train,val}/<class>/``;
+    each training image also hard-linked ``copies - 1`` times (epochs long enough for a
+    loader's pipeline to fill, without making every JPEG: decoding costs the same)."""
     from PIL import Image  # noqa: PLC0415
 
     rng = np.random.default_rng(0)
@@ -50,7 +59,10 @@ def make_photos(root: Path, n: int, height: int, width: int, classes: int = 10) 
         coarse = rng.integers(0, 256, (height // 25 + 1, width // 25 + 1, 3), dtype=np.uint8)
         img = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC))
         img = np.clip(img.astype(np.int16) + rng.integers(-20, 21, img.shape), 0, 255)
-        Image.fromarray(img.astype(np.uint8)).save(folder / f"{i:06d}.jpg", quality=90)
+        path = folder / f"{i:06d}.jpg"
+        Image.fromarray(img.astype(np.uint8)).save(path, quality=90)
+        for copy in range(1, copies if split == "train" else 1):
+            os.link(path, folder / f"{i:06d}-{copy}.jpg")
 
 
 def loader_rate(root: Path, workers: int, batch: int, train: bool, epochs: int) -> float:
@@ -95,6 +107,56 @@ def step_rate(batch: int, steps: int, kd: bool) -> float:
     return batch / statistics.median(times)
 
 
+def train_rate(root: Path, workers: int | None, batch: int, epochs: int, threads: int) -> float:
+    """Images/s of a short ``train()`` (KD cnn_small -> cnn_tiny at 224x224, the student's
+    step cheap enough for the loader to matter) streaming ``root`` with ``workers``, or
+    (``None``) on the same number of random tensors held in memory: the Timing handler's
+    time between steps, loader waits included, over the epochs after the first."""
+    from kdlab.config import load_config  # noqa: PLC0415
+    from kdlab.data import DataBundle, TensorSplit  # noqa: PLC0415
+    from kdlab.engine import train  # noqa: PLC0415
+    from kdlab.engine.handlers import Timing  # noqa: PLC0415
+
+    data = {
+        "name": "imagenet",
+        "root": str(root),
+        "batch_size": batch,
+        "val_fraction": 0.0,
+        "options": {"stream": True, "workers": workers or 0, "backend": "kdlab"},
+    }
+    bundle = None
+    if workers is None:  # the same run fed from memory
+        n = sum(1 for _ in (root / "train").rglob("*.jpg"))
+        g = torch.Generator().manual_seed(0)
+
+        def split(m: int) -> TensorSplit:
+            return TensorSplit(torch.randn(m, 3, 224, 224, generator=g), torch.arange(m) % 10)
+
+        bundle = DataBundle(split(n), None, split(batch), 10, 3, (224, 224), "tensors")
+    cfg = load_config(
+        {
+            "name": "loader-train",
+            "data": data,
+            "student": {"name": "cnn_tiny"},
+            "teacher": {"name": "cnn_small"},
+            "distill": {"terms": TERMS},
+            "train": {
+                "epochs": epochs + 1,
+                "device": "cpu",
+                "precision": "fp32",
+                "threads": threads,
+                "progress": False,
+            },
+        }
+    )
+    timing = Timing()
+    with tempfile.TemporaryDirectory() as run_dir:
+        train(cfg, run_dir, bundle=bundle, handlers=[timing])
+    per_epoch = len(timing.records) // (epochs + 1)
+    seconds = [s for _, it, s in timing.records if it > per_epoch]
+    return batch * len(seconds) / sum(seconds)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--images", type=int, default=512)
@@ -105,6 +167,14 @@ def main() -> None:
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=3, help="timed training steps")
     p.add_argument("--threads", type=int, default=2, help="torch threads of the step")
+    p.add_argument(
+        "--train-workers",
+        type=int,
+        nargs="*",
+        default=[0, 1, 2],
+        help="worker counts of the short train() runs (none: skip them)",
+    )
+    p.add_argument("--train-epochs", type=int, default=2, help="timed epochs of each run")
     args = p.parse_args()
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
@@ -130,6 +200,14 @@ def main() -> None:
                     else ("decode + resize 256 + centre crop 224")
                 )
                 print(f"| {what} | {workers} | {rate:.0f} |", flush=True)
+        for workers in [*args.train_workers, None] if args.train_workers else []:
+            rate = train_rate(root, workers, args.batch, args.train_epochs, threads=1)
+            feed = "streamed" if workers is not None else "random tensors in memory"
+            print(
+                f"| train(): KD cnn_small -> cnn_tiny 224x224, batch {args.batch}, 1 thread, "
+                f"{feed} | {'-' if workers is None else workers} | {rate:.0f} |",
+                flush=True,
+            )
     torch.set_num_threads(args.threads)
     for kd, what in ((False, "resnet18 training step"), (True, "resnet34 -> resnet18 KD step")):
         rate = step_rate(args.batch, args.steps, kd)

@@ -222,6 +222,27 @@ def test_shard_resume_and_labels(shards: Path) -> None:
     assert sorted(test.tolist()) == list(range(50))
 
 
+def test_shard_training_epochs_have_one_batch_count(shards: Path) -> None:
+    """A subset leaves shards of unequal sizes, so the batches each worker can fill change
+    with each epoch's shard order: len() is a bound that holds for every epoch (the
+    engine counts an epoch's iterations once), and every epoch yields exactly that."""
+    train = build_dataset(_stream(shards, image_size=16, resize=16, shuffle_buffer=20)).train
+    sub = train.subset(torch.randperm(300, generator=torch.Generator().manual_seed(0))[:200])
+    assert sorted(sub.kept_per_shard().tolist()) == [11, 13, 15, 15, 17, 17, 17, 18, 18, 18, 20, 21]
+    loader = make_loader(sub, 16, train=True, seed=2)
+    lengths = []
+    for epoch in range(8):
+        loader.set_epoch(epoch)
+        lengths.append(len(loader))
+    # 11 for every epoch (epoch 0's order alone would fill 12: 6 shards a worker)
+    assert lengths == [11] * 8
+    full = _batches(loader, epoch=0)
+    assert len(full) == 11 and all(len(y) == 16 for _, y, _ in full)
+    loader.set_epoch(0)
+    loader.start_batch = 4
+    assert _same(list(loader), full[4:])
+
+
 def test_shards_from_an_fsspec_url(shards: Path) -> None:
     a = build_dataset(_stream(shards, workers=0, train_transform="eval")).test
     b = build_dataset(_stream(f"file://{shards}", workers=0, train_transform="eval")).test

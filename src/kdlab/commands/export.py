@@ -94,9 +94,7 @@ def read_run_student(run: Path, weights: str = "model.safetensors") -> tuple[nn.
         data.in_channels,
         cfg.student.output,
     )
-    split = data.train
-    example = split.example(2) if hasattr(split, "example") else split.x[:2]
-    return model.eval(), example
+    return model.eval(), data.train.example(2)  # streamed splits decode just these two
 
 
 def export_onnx(model: nn.Module, example: Inputs, path: Path, opset: int | None = None) -> None:

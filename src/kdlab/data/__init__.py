@@ -14,7 +14,13 @@ from typing import Any
 
 from kdlab.config import DataConfig
 from kdlab.data._options import dataset_options
-from kdlab.data.base import DataBundle, TensorSplit, stratified_split, take_per_class
+from kdlab.data.base import (
+    DataBundle,
+    TensorSplit,
+    held_in_memory,
+    stratified_split,
+    take_per_class,
+)
 from kdlab.data.loader import TensorLoader, make_loader
 from kdlab.registry import Registry
 
@@ -67,6 +73,7 @@ __all__ = [
     "TensorLoader",
     "TensorSplit",
     "build_dataset",
+    "held_in_memory",
     "make_loader",
     "options_for",
     "register_dataset",

@@ -63,6 +63,18 @@ class Split(Protocol):
     def subset(self, idx: Tensor | np.ndarray) -> Split: ...
 
 
+def held_in_memory(split: Split, purpose: str) -> TensorSplit:
+    """``split`` itself when its tensors are in memory; a DataError naming ``purpose``
+    when it is streamed from disk (what needs every input at once cannot run on it)."""
+    if isinstance(split, TensorSplit):
+        return split
+    raise DataError(
+        f"{purpose} needs the dataset's images in memory, but this split is streamed from "
+        "disk batch by batch; hold it in memory (dataset 'imagenet': data.options.stream: "
+        "false with train_transform: eval) or use a smaller dataset"
+    )
+
+
 @dataclass
 class DataBundle:
     """Train / val / test splits plus what models need to know about the inputs."""

@@ -150,3 +150,11 @@ def make_loader(
         device=device,
         **opts,
     )
+
+
+def close_loader(loader: Any) -> None:
+    """Stop ``loader``'s worker processes, if it has any: a loader with workers has
+    ``close()``; its owner calls this when done with it."""
+    close = getattr(loader, "close", None)
+    if close is not None:
+        close()

@@ -16,11 +16,13 @@ matching fsspec backend).
 Order and splitting. Each epoch the shards are permuted by ``(seed, epoch)``; rank ``r``
 of ``R`` takes every ``R``-th shard from ``r``, its worker ``w`` of ``W`` every ``W``-th of
 those, and each worker mixes its samples through a shuffle buffer seeded by ``(seed,
-epoch, r, w)`` (``shuffle_buffer``). No sample is read twice in an epoch, every sample of
-the assigned shards is read once. Every rank stops after the same number of batches (the
-smallest rank's count), so DDP never waits on a rank with nothing left; when shards do not
-divide evenly the surplus batches of larger ranks are left out of that epoch (write a
-number of shards that is a multiple of ranks x workers to lose none).
+epoch, r, w)`` (``shuffle_buffer``). No sample is read twice in an epoch. Every training
+epoch has the same number of batches on every rank, so DDP never waits on a rank with
+nothing left and the engine can count an epoch's iterations once: a lower bound, from the
+shard sizes alone, on what any rank's workers batch in any epoch (each worker drops its
+last partial batch, and which shards a rank and a worker get changes every epoch). The
+batches past it are left out of that epoch; shards of equal size, a number of them that
+is a multiple of ranks x workers, lose none but the workers' partial batches.
 
 Resume is exact for the same number of workers: each worker knows how many of its
 batches the first ``k`` batches of the epoch took (the DataLoader takes batches from the
@@ -341,7 +343,33 @@ class ShardLoader:
     def __len__(self) -> int:
         if not self.train:  # evaluation reads everything; nothing waits on other ranks
             return sum(self._worker_batches(self.epoch, self.rank)[1])
-        return min(sum(self._worker_batches(self.epoch, r)[1]) for r in range(self.world_size))
+        return self._train_batches()
+
+    def _train_batches(self) -> int:
+        """Batches of every training epoch on every rank: a lower bound, from the shard
+        sizes alone, on what any rank's workers batch in any epoch (the engine counts an
+        epoch's iterations once; the per-epoch count varies with the shard order)."""
+        counts = np.sort(self.split.kept_per_shard())
+        least = len(counts) // self.world_size  # shards of the rank that gets the fewest
+        fewest = int(counts[:least].sum())  # the fewest samples a rank can get
+        b = self.batch_size
+        if not self.drop_last:  # a worker's ceil(k / b) batches sum to at least ceil(K / b)
+            return math.ceil(fewest / b)
+        workers = max(self.workers, 1)
+        busy = min(workers, math.ceil(len(counts) / self.world_size))  # workers with shards
+        # Two bounds: the busy workers' remainders lose fewer than `busy` batches in all;
+        # and each worker holds at least its share of the smallest shards.
+        whole = fewest // b - (busy - 1)
+        shares = [len(range(i, least, workers)) for i in range(workers)]
+        each = sum(int(counts[:s].sum()) // b for s in shares)
+        n = max(whole, each)
+        if n < 1:
+            raise DataError(
+                f"shards under {self.split.base!r}: a training epoch would have no full batch "
+                f"of {b} per rank ({fewest} samples in the fewest shards a rank can get, "
+                f"{workers} worker(s)); lower data.batch_size or data.options.workers"
+            )
+        return n
 
     def _plan(self, start: int) -> _Plan:
         shards, batches = self._worker_batches(self.epoch, self.rank)

@@ -110,6 +110,12 @@ class StreamingSplit:
     calls) checks the worker options and hands a :class:`LoaderSpec` to ``_make_loader``."""
 
     loader_defaults: dict[str, Any]
+    train_transform: ImageTransform
+
+    @property
+    def augments(self) -> bool:
+        """Whether a sample's training reads differ between epochs (a random transform)."""
+        return self.train_transform.is_random
 
     def loader(
         self,
@@ -291,6 +297,18 @@ class StreamLoader:
         self._keys.epoch = self.epoch
         self._keys.start, self.start_batch = self.start_batch, 0
         yield from on_device(self._loader, self.device)
+
+    def close(self) -> None:
+        """Stop the worker processes now (a later iteration starts new ones).
+
+        Left to the garbage collector, a loader held in a reference cycle (a trainer's)
+        may be collected after its queues were finalised: each worker then waits out
+        DataLoader's 5 s shutdown timeout.
+        """
+        workers = getattr(self._loader, "_iterator", None)  # the persistent workers
+        if workers is not None:
+            workers._shutdown_workers()
+            self._loader._iterator = None
 
 
 def on_device(batches: Iterable[Batch], device: torch.device) -> Iterator[Batch]:

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,9 @@ from torch import Tensor, nn
 
 from kdlab.config import RunConfig
 from kdlab.data import DataBundle, build_dataset, make_loader
-from kdlab.data.base import check_bundle
+from kdlab.data.base import Split, check_bundle
+from kdlab.data.loader import close_loader
+from kdlab.data.stream import StreamingSplit
 from kdlab.distiller import Distiller
 from kdlab.engine import checkpoint as ckpt
 from kdlab.engine import distributed as dist
@@ -164,13 +166,22 @@ def _compare_keys(expected: dict[str, Tensor], got: dict[str, Tensor]) -> tuple[
     return sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
 
 
-def _enable_teacher_cache(cfg: RunConfig, distiller: Distiller, num_samples: int) -> None:
+def _enable_teacher_cache(cfg: RunConfig, distiller: Distiller, train: Split) -> None:
     aug = cfg.data.augment
+    exact = (
+        "train.cache_teacher reuses the teacher's outputs for each sample, which is exact "
+        "only when the teacher sees the same input every epoch"
+    )
     if aug.crop_padding or aug.hflip:
         raise ConfigError(
-            "train.cache_teacher reuses the teacher's outputs for each sample, which is exact "
-            "only when the teacher sees the same input every epoch; data.augment "
-            f"(crop_padding={aug.crop_padding}, hflip={aug.hflip}) changes it: turn one off"
+            f"{exact}; data.augment (crop_padding={aug.crop_padding}, hflip={aug.hflip}) "
+            "changes it: turn one off"
+        )
+    if isinstance(train, StreamingSplit) and train.augments:
+        raise ConfigError(
+            f"{exact}; dataset {cfg.data.name!r} reads its training images through a random "
+            "transform (data.options.train_transform), which changes it: set train_transform: "
+            "eval, or turn train.cache_teacher off"
         )
     views = sorted(
         {t.params.teacher_view for t in distiller.terms.values() if t.needs_teacher} - {"default"}
@@ -181,7 +192,7 @@ def _enable_teacher_cache(cfg: RunConfig, distiller: Distiller, num_samples: int
             "are computed every step; only the default view is cached",
             stacklevel=3,
         )
-    distiller.enable_teacher_cache(num_samples)
+    distiller.enable_teacher_cache(len(train))
 
 
 class Trainer:
@@ -261,7 +272,7 @@ class Trainer:
         if self.channels_last:
             self.distiller.to(memory_format=torch.channels_last)
         if tcfg.cache_teacher and teacher is not None:
-            _enable_teacher_cache(cfg, self.distiller, len(d.train))
+            _enable_teacher_cache(cfg, self.distiller, d.train)
         if tcfg.compile:
             self._compile(student, teacher)
         self.stages = resolve_stages(cfg, self.distiller)
@@ -325,7 +336,7 @@ class Trainer:
         """
         main = self.rank == 0  # only rank 0 writes the run folder
         session = self.run_dir.session(self.cfg, resume, overwrite) if main else None
-        with session or contextlib.nullcontext():
+        with session or contextlib.nullcontext(), self._stopping_workers():
             dist.barrier()
             result = None
             try:
@@ -334,6 +345,15 @@ class Trainer:
             finally:
                 for handler in self.handlers:
                     handler.close(result)
+
+    @contextlib.contextmanager
+    def _stopping_workers(self) -> Iterator[None]:
+        """The loaders' worker processes stop when the run ends, however it ends."""
+        try:
+            yield
+        finally:
+            close_loader(self.train_loader)
+            close_loader(self.val_loader)
 
     def _run(self, resume: bool) -> RunResult:
         rd = self.run_dir
@@ -507,6 +527,7 @@ class Trainer:
             epoch = self.best.epoch
         else:
             best, epoch = last, self.cfg.train.epochs
+        close_loader(test)
         val_best = None
         if has_best:
             row = next((r for r in self.history if r["stage"] == MAIN and r["epoch"] == epoch), {})

@@ -35,7 +35,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from kdlab.config import DistillConfig, ModelConfig, RunConfig, Strict, read_yaml, validate
-from kdlab.data import DataBundle, TensorSplit, build_dataset, stratified_split
+from kdlab.data import DataBundle, TensorSplit, build_dataset, held_in_memory, stratified_split
 from kdlab.errors import ConfigError
 from kdlab.recipes import find
 from kdlab.taps import model_logits
@@ -179,7 +179,9 @@ def run_data_distillation(
     if seed is not None:
         run = run.model_copy(update={"seed": seed})
     data = bundle if bundle is not None else build_dataset(run.data)
-    labelled, unlabelled = split_labelled(data.train, cfg.labelled_fraction, run.data.split_seed)
+    # pseudo-labelled images join the labelled ones as one tensor: the split is in memory
+    train_split = held_in_memory(data.train, "the data-distillation pipeline")
+    labelled, unlabelled = split_labelled(train_split, cfg.labelled_fraction, run.data.split_seed)
 
     # 1. the model trained on labelled data only (also the supervised-only baseline)
     first = run.model_copy(deep=True)
