@@ -1,5 +1,6 @@
-"""Benchmark protocols, one module each.
+"""The metric-learning study, the last one not yet a bench spec.
 
-A protocol module that defines ``add_parser(subparsers)`` appears as
-``kdlab protocol <name>`` (see :mod:`kdlab.commands.protocol`); nothing else needs editing.
+It selects on retrieval (Recall@1), which needs the engine's evaluators; once they land
+it becomes ``src/kdlab/bench/protocols/metric.yaml`` and this package goes away. Every
+other study is a protocol of ``kdlab bench``.
 """

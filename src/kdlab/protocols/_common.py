@@ -1,4 +1,4 @@
-"""Shared plumbing of the cqd / omni / metric protocols: arguments and the saved table."""
+"""Plumbing of the metric protocol (until it becomes a bench spec): arguments, table."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kdlab.commands.bench import SEEDS_HELP
 from kdlab.report import markdown_table, write_csv
 
 
@@ -23,7 +24,7 @@ def protocol_parser(
     )
     p.add_argument("--config", default=config, help=f"the recipe (default: {config})")
     p.add_argument("overrides", nargs="*", help="dotted overrides of the recipe, key=value")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="run seeds")
+    p.add_argument("--seeds", nargs="+", default=["0-2"], help=SEEDS_HELP)
     p.add_argument("--epochs", type=int, help="override train.epochs of every run")
     p.add_argument("--out", help=f"output folder (default: reports/protocols/{name})")
     p.add_argument("--progress", action="store_true", help="show per-run progress bars")

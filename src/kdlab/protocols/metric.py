@@ -155,9 +155,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kdlab.bench.protocol import parse_seeds  # noqa: PLC0415
     from kdlab.config import load_config  # noqa: PLC0415
     from kdlab.data import build_dataset  # noqa: PLC0415
 
+    args.seeds = parse_seeds(args.seeds)
     out = _common.out_dir(args, "metric")
     base = load_config(args.config, _common.run_overrides(args))
     if base.teacher is None:

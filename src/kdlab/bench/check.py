@@ -1,0 +1,99 @@
+"""Validate every cell of a matrix before the first run trains.
+
+A misspelt method or term key, a bad view, stage or tap path, an unknown hook or hook
+parameter: each is found here, in seconds, not after hours of teacher training. Each
+distinct cell (seeds do not change what is built) is built as the engine would build
+it: terms, views, student and teacher (untrained when the matrix trains it), the
+Distiller with its shape probe (taps, adapters), and the stages.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kdlab.bench.hooks import PRE_STEPS, bind_hook
+from kdlab.bench.protocol import Protocol, RunSpec
+from kdlab.bench.run import Bundles
+from kdlab.config import RunConfig
+from kdlab.data import DataBundle
+from kdlab.distiller import Distiller
+from kdlab.engine import load_model
+from kdlab.engine.stages import resolve_stages
+from kdlab.errors import ConfigError, KdlabError
+from kdlab.methods import build_terms
+from kdlab.models import create_model
+from kdlab.views import build_views
+
+EVALUATORS = ("accuracy",)
+MAX_SHOWN = 12
+
+
+def probe(cfg: RunConfig, bundle: DataBundle, teacher_trained_by_bench: bool) -> None:
+    """Build what a run of ``cfg`` builds, on two samples of ``bundle``; raise on error."""
+    terms = build_terms(cfg.distill.terms)
+    views = build_views(cfg.distill.views)
+    nc, ch = bundle.num_classes, bundle.in_channels
+    student = create_model(cfg.student.name, nc, ch, **cfg.student.kwargs)
+    teacher = None
+    if cfg.teacher is not None:
+        t = cfg.teacher
+        if teacher_trained_by_bench:  # not trained yet: its architecture is what matters
+            teacher = create_model(t.name, nc, ch, **t.kwargs)
+        else:
+            teacher = load_model(t.name, t.kwargs, t.checkpoint, nc, ch)
+    distiller = Distiller(student, teacher, terms, views, example_input=bundle.train.x[:2])
+    resolve_stages(cfg, distiller)
+
+
+def _shape_key(spec: RunSpec) -> str:
+    """What decides whether a cell builds: its recipe without seed and names."""
+    data = spec.cfg.model_dump(mode="json")
+    for key in ("name", "seed", "output_dir"):
+        data.pop(key, None)
+    if spec.teacher is not None and data.get("teacher"):
+        data["teacher"]["checkpoint"] = spec.teacher.key
+    return json.dumps([data, spec.data, spec.pre], sort_keys=True)
+
+
+def check_cell(spec: RunSpec, bundles: Bundles) -> None:
+    for i, step in enumerate(spec.pre):
+        bind_hook(PRE_STEPS, step, f"pre.{i}")
+    bundle = bundles.for_run(spec)  # binds and runs the data hooks
+    probe(spec.cfg, bundle, teacher_trained_by_bench=spec.teacher is not None)
+
+
+def check_matrix(proto: Protocol, runs: list[RunSpec], bundles: Bundles) -> None:
+    """Raise one ConfigError listing every cell that would fail, one line each."""
+    if proto.spec.evaluator not in EVALUATORS:
+        raise ConfigError(
+            f"protocol {proto.name!r}: unknown evaluator {proto.spec.evaluator!r}; "
+            f"valid: {', '.join(EVALUATORS)}"
+        )
+    errors: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for spec in runs:
+        key = _shape_key(spec)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            check_cell(spec, bundles)
+        except KdlabError as err:
+            errors.setdefault(_one_line(err), []).append(spec.label)
+    if not errors:
+        return
+    lines = []
+    for message, cells in list(errors.items())[:MAX_SHOWN]:
+        more = f" (and {len(cells) - 1} more cells)" if len(cells) > 1 else ""
+        lines.append(f"  {cells[0]}{more}: {message}")
+    n = sum(len(c) for c in errors.values())
+    raise ConfigError(
+        f"protocol {proto.name!r}: {n} cell(s) would fail, nothing was trained:\n"
+        + "\n".join(lines)
+    )
+
+
+def _one_line(err: Any) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

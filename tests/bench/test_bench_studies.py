@@ -1,0 +1,132 @@
+"""The studies as shipped protocols, each end to end at a tiny size through the CLI."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from kdlab.cli import main
+
+QUICK = ["train.epochs=1", "train.threads=1", "train.device=cpu"]
+
+
+def _bench(tmp_path: Path, *argv: str) -> tuple[str, list[dict[str, str]]]:
+    out = tmp_path / "out"
+    code = main([*argv, "--out", str(out), "--no-progress", "--no-plots"])
+    assert code == 0
+    with open(out / "report" / "runs.csv") as f:
+        rows = list(csv.DictReader(f))
+    return (out / "report" / "table.md").read_text(), rows
+
+
+def _arms(rows: list[dict[str, str]]) -> list[tuple[str, str, str]]:
+    return sorted((r["condition"], r["method"], r["seed"]) for r in rows)
+
+
+def _gains_are_paired(rows: list[dict[str, str]], baseline: str) -> None:
+    base = {
+        (r["condition"], r["seed"]): float(r["test_acc_best"])
+        for r in rows
+        if r["method"] == baseline
+    }
+    for r in rows:
+        if r["kind"] == "method":
+            want = float(r["test_acc_best"]) - base[(r["condition"], r["seed"])]
+            assert float(r["gain_best"]) == pytest.approx(want)
+
+
+def test_demo_is_the_demo_protocol(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "demo"
+    argv = ["demo", *QUICK, "--seeds", "0,1", "--methods", "kd", "--out", str(out)]
+    assert main([*argv, "--no-progress", "--no-plots"]) == 0
+    printed = capsys.readouterr().out
+    assert "### cnn_medium-cnn_small" in printed and "| kd " in printed
+    with open(out / "report" / "runs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert _arms(rows) == [("", m, s) for m in ("kd", "teacher", "vanilla") for s in "01"][:2] + [
+        ("", "teacher", "0"),
+        ("", "vanilla", "0"),
+        ("", "vanilla", "1"),
+    ]
+    assert len({r["run_dir"] for r in rows if r["kind"] == "teacher"}) == 1  # trained once
+    _gains_are_paired(rows, "vanilla")
+    assert (
+        main(
+            [
+                "demo",
+                *QUICK,
+                "--seeds",
+                "0",
+                "--cross",
+                "--out",
+                str(out),
+                "--methods",
+                "at",
+                "--no-progress",
+                "--no-plots",
+            ]
+        )
+        == 0
+    )
+    assert "### cnn_medium-resnet8" in capsys.readouterr().out  # taps renamed, same teacher
+
+
+def test_fewshot(tmp_path: Path) -> None:
+    table, rows = _bench(
+        tmp_path,
+        "bench",
+        "fewshot",
+        *QUICK,
+        "--seeds",
+        "0",
+        "--conditions",
+        "n1",
+        "n5",
+        "--methods",
+        "kd+jacobian",
+    )
+    assert "### cnn_medium-cnn_small, 1 per class" in table and "| kd+jacobian " in table
+    assert _arms(rows) == [
+        ("", "teacher", "0"),
+        ("n1", "kd+jacobian", "0"),
+        ("n1", "vanilla", "0"),
+        ("n5", "kd+jacobian", "0"),
+        ("n5", "vanilla", "0"),
+    ]
+    _gains_are_paired(rows, "vanilla")
+
+
+def test_cqd(tmp_path: Path) -> None:
+    table, rows = _bench(
+        tmp_path,
+        "bench",
+        "cqd",
+        *QUICK,
+        "data.per_class=20",
+        "--seeds",
+        "0",
+        "--conditions",
+        "lowres4",
+    )
+    assert "### cnn_medium-cnn_small, low-res 4x4" in table
+    assert "| labels only " in table and "| cqd " in table
+    tested = [r for r in rows if r["kind"] == "teacher" and r["condition"] == "lowres4"]
+    own = [r for r in rows if r["kind"] == "teacher" and r["condition"] == ""]
+    assert len(tested) == 1 and len(own) == 1  # the clean teacher on the degraded test split
+    assert tested[0]["test_acc_best"] != own[0]["test_acc_best"]
+    assert tested[0]["run_dir"] == own[0]["run_dir"]
+    _gains_are_paired(rows, "labels only")
+
+
+def test_omni(tmp_path: Path) -> None:
+    table, rows = _bench(tmp_path, "bench", "omni", *QUICK, "--seeds", "0")
+    assert "| supervised only " in table and "| data_distillation " in table
+    teacher = next(r for r in rows if r["kind"] == "teacher")
+    supervised = next(r for r in rows if r["kind"] == "baseline")
+    dd = next(r for r in rows if r["kind"] == "method")
+    assert supervised["run_dir"] == teacher["run_dir"]  # trained once
+    assert int(dd["info_n_pseudo"]) == int(dd["info_n_unlabelled"]) > 1000  # threshold 0
+    assert int(dd["info_n_labelled"]) < 140
+    _gains_are_paired(rows, "supervised only")
