@@ -20,6 +20,8 @@ from kdlab.methods import METHODS
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "configs" / "digits"
 TEST_ONLY = {m for m in METHODS.names() if m.startswith("_")}
+# Attention maps (N, heads, L, L) exist only in transformers: tests/test_transformers.py.
+TEST_ONLY.add("attention_kl")
 
 
 @pytest.mark.parametrize("pair", ["same-family", "cross-architecture"])

@@ -24,10 +24,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kdlab", description="Knowledge distillation: train, compare, tune, scale."
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    plugin_help = "run this local Python file first: it registers models, methods...; it runs code"
+    parser.add_argument(
+        "--plugin", action="append", default=[], metavar="FILE.py", help=plugin_help
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
         module = importlib.import_module(f"kdlab.commands.{info.name}")
         module.add_parser(sub)
+    for command in sub.choices.values():  # also accepted after the command's name
+        command.add_argument(
+            "--plugin", action="append", dest="plugin_here", metavar="FILE.py", help=plugin_help
+        )
     return parser
 
 
@@ -38,6 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        from kdlab.plugins import load_plugin  # noqa: PLC0415
+
+        for path in args.plugin + (getattr(args, "plugin_here", None) or []):
+            load_plugin(path)
         return int(args.func(args) or 0)
     except KdlabError as err:
         if args.debug:

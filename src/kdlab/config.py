@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kdlab.errors import ConfigError, did_you_mean
 
@@ -116,11 +116,24 @@ class RunConfig(Strict):
     name: str = "run"
     seed: int = Field(0, ge=0, lt=2**32, description="torch and numpy take 0 <= seed < 2**32")
     output_dir: str = "runs"
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="local .py files run before names resolve: they run code (docs/security.md)",
+    )
     data: DataConfig = DataConfig()
     student: ModelConfig
     teacher: ModelConfig | None = None
     distill: DistillConfig = DistillConfig()
     train: TrainConfig = TrainConfig()
+
+    @field_validator("plugins")
+    @classmethod
+    def _load_plugins(cls, paths: list[str]) -> list[str]:
+        # Loaded while the recipe is validated, so every process that reads it (spawned
+        # DDP workers, eval, export) has the plugin's names; kept as absolute paths.
+        from kdlab.plugins import load_plugins  # noqa: PLC0415
+
+        return load_plugins(paths)
 
 
 # ---------------------------------------------------------------- validation

@@ -3,7 +3,10 @@
 A tap string is ``"layer2.1.bn2"`` (the module's output) or ``"layer2.1.relu:input"``
 (its first positional input, e.g. a pre-activation). The empty path ``""`` is the
 model itself, so ``":output"`` is its raw output and ``"fc:input"`` the penultimate
-features of most classifiers.
+features of most classifiers. A module that returns a tuple gives its first tensor;
+``":output.K"`` (or ``":input.K"``) picks element K instead, e.g. the attention
+probabilities of a Hugging Face self-attention module,
+``"bert.encoder.layer.0.attention.self:output.1"``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class Tap:
 
     path: str
     kind: TapKind = "output"
+    index: int | None = None  # element of a tuple output / of the positional inputs
 
     @classmethod
     def parse(cls, spec: str | Tap) -> Tap:
@@ -34,13 +38,18 @@ class Tap:
             return spec
         if not isinstance(spec, str):
             raise TapError(f"a tap must be a string like 'layer2' or 'fc:input', got {spec!r}")
-        path, _, kind = spec.partition(":")
-        kind = kind or "output"
-        if kind not in ("output", "input"):
-            raise TapError(f"tap {spec!r}: the suffix must be ':input' or ':output', not {kind!r}")
-        return cls(path.strip(), kind)  # type: ignore[arg-type]
+        path, _, suffix = spec.partition(":")
+        kind, dot, index = (suffix or "output").partition(".")
+        if kind not in ("output", "input") or (dot and not index.isdigit()):
+            raise TapError(
+                f"tap {spec!r}: the suffix must be ':input' or ':output', optionally with an "
+                f"element index (':output.1'), not {suffix!r}"
+            )
+        return cls(path.strip(), kind, int(index) if dot else None)  # type: ignore[arg-type]
 
     def __str__(self) -> str:
+        if self.index is not None:
+            return f"{self.path}:{self.kind}.{self.index}"
         return self.path if self.kind == "output" else f"{self.path}:input"
 
 
@@ -82,6 +91,22 @@ def _first_tensor(value: Any) -> Tensor:
     raise TapError(f"cannot find a tensor in a module's {type(value).__name__} value")
 
 
+def _element(value: Any, tap: Tap) -> Tensor:
+    """The tensor a tap captures from a module's output (or positional inputs)."""
+    if tap.index is None:
+        return _first_tensor(value)
+    items = value if isinstance(value, (tuple, list)) else (value,)
+    if tap.index < len(items) and isinstance(items[tap.index], Tensor):
+        return items[tap.index]
+    shown = ", ".join(
+        f"Tensor{tuple(v.shape)}" if isinstance(v, Tensor) else type(v).__name__ for v in items
+    )
+    raise TapError(
+        f"tap {str(tap)!r}: element {tap.index} of the module's {tap.kind} ({shown}) is not a "
+        "tensor (Hugging Face attention weights exist only with attn_implementation 'eager')"
+    )
+
+
 def model_logits(output: Any) -> Tensor:
     """The logits in a model's output: a tensor, ``.logits``, or the first element."""
     return _first_tensor(output)
@@ -110,21 +135,20 @@ class FeatureTaps:
                 hook = module.register_forward_pre_hook(self._make_input_hook(tap, clone_input))
             self._handles.append(hook)
 
-    def _store(self, tap: Tap, value: Any) -> None:
-        t = _first_tensor(value)
+    def _store(self, tap: Tap, t: Tensor) -> None:
         self.features[tap] = t
         # Inference tensors (the teacher under inference_mode) keep no version counter.
         self._versions[tap] = -1 if t.is_inference() else t._version
 
     def _make_output_hook(self, tap: Tap):  # noqa: ANN202
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            self._store(tap, output)
+            self._store(tap, _element(output, tap))
 
         return hook
 
     def _make_input_hook(self, tap: Tap, clone: bool):  # noqa: ANN202
         def hook(_module: nn.Module, inputs: Any) -> None:
-            value = _first_tensor(inputs)
+            value = _element(inputs, tap)
             self._store(tap, value.clone() if clone else value)
 
         return hook
