@@ -9,12 +9,12 @@ import pytest
 
 from kdlab.cli import main
 
-QUICK = ["train.epochs=1", "train.threads=1", "train.device=cpu"]
+QUICK = "train.epochs=1 train.threads=1 train.device=cpu"
 
 
-def _bench(tmp_path: Path, *argv: str) -> tuple[str, list[dict[str, str]]]:
+def _run(tmp_path: Path, argv: str) -> tuple[str, list[dict[str, str]]]:
     out = tmp_path / "out"
-    code = main([*argv, "--out", str(out), "--no-progress", "--no-plots"])
+    code = main([*argv.split(), "--out", str(out), "--no-progress", "--no-plots"])
     assert code == 0
     with open(out / "report" / "runs.csv") as f:
         rows = list(csv.DictReader(f))
@@ -38,55 +38,25 @@ def _gains_are_paired(rows: list[dict[str, str]], baseline: str) -> None:
 
 
 def test_demo_is_the_demo_protocol(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    out = tmp_path / "demo"
-    argv = ["demo", *QUICK, "--seeds", "0,1", "--methods", "kd", "--out", str(out)]
-    assert main([*argv, "--no-progress", "--no-plots"]) == 0
-    printed = capsys.readouterr().out
-    assert "### cnn_medium-cnn_small" in printed and "| kd " in printed
-    with open(out / "report" / "runs.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert _arms(rows) == [("", m, s) for m in ("kd", "teacher", "vanilla") for s in "01"][:2] + [
+    table, rows = _run(tmp_path, f"demo {QUICK} --seeds 0,1 --methods kd")
+    assert "### cnn_medium-cnn_small" in capsys.readouterr().out and "| kd " in table
+    assert _arms(rows) == [
+        ("", "kd", "0"),
+        ("", "kd", "1"),
         ("", "teacher", "0"),
         ("", "vanilla", "0"),
         ("", "vanilla", "1"),
     ]
-    assert len({r["run_dir"] for r in rows if r["kind"] == "teacher"}) == 1  # trained once
     _gains_are_paired(rows, "vanilla")
-    assert (
-        main(
-            [
-                "demo",
-                *QUICK,
-                "--seeds",
-                "0",
-                "--cross",
-                "--out",
-                str(out),
-                "--methods",
-                "at",
-                "--no-progress",
-                "--no-plots",
-            ]
-        )
-        == 0
-    )
-    assert "### cnn_medium-resnet8" in capsys.readouterr().out  # taps renamed, same teacher
+    # the cross-architecture pair: the recipes' taps renamed, the same (cached) teacher
+    table, rows = _run(tmp_path, f"demo {QUICK} --seeds 0 --cross --methods at")
+    assert "### cnn_medium-resnet8" in table
+    assert len({r["run_dir"] for r in rows if r["kind"] == "teacher"}) == 1
 
 
 def test_fewshot(tmp_path: Path) -> None:
-    table, rows = _bench(
-        tmp_path,
-        "bench",
-        "fewshot",
-        *QUICK,
-        "--seeds",
-        "0",
-        "--conditions",
-        "n1",
-        "n5",
-        "--methods",
-        "kd+jacobian",
-    )
+    argv = f"bench fewshot {QUICK} --seeds 0 --conditions n1 n5 --methods kd+jacobian"
+    table, rows = _run(tmp_path, argv)
     assert "### cnn_medium-cnn_small, 1 per class" in table and "| kd+jacobian " in table
     assert _arms(rows) == [
         ("", "teacher", "0"),
@@ -99,17 +69,8 @@ def test_fewshot(tmp_path: Path) -> None:
 
 
 def test_cqd(tmp_path: Path) -> None:
-    table, rows = _bench(
-        tmp_path,
-        "bench",
-        "cqd",
-        *QUICK,
-        "data.per_class=20",
-        "--seeds",
-        "0",
-        "--conditions",
-        "lowres4",
-    )
+    argv = f"bench cqd {QUICK} data.per_class=20 --seeds 0 --conditions lowres4"
+    table, rows = _run(tmp_path, argv)
     assert "### cnn_medium-cnn_small, low-res 4x4" in table
     assert "| labels only " in table and "| cqd " in table
     tested = [r for r in rows if r["kind"] == "teacher" and r["condition"] == "lowres4"]
@@ -121,7 +82,7 @@ def test_cqd(tmp_path: Path) -> None:
 
 
 def test_omni(tmp_path: Path) -> None:
-    table, rows = _bench(tmp_path, "bench", "omni", *QUICK, "--seeds", "0")
+    table, rows = _run(tmp_path, f"bench omni {QUICK} --seeds 0")
     assert "| supervised only " in table and "| data_distillation " in table
     teacher = next(r for r in rows if r["kind"] == "teacher")
     supervised = next(r for r in rows if r["kind"] == "baseline")

@@ -25,7 +25,6 @@ from kdlab.methods import build_terms
 from kdlab.models import create_model
 from kdlab.views import build_views
 
-EVALUATORS = ("accuracy",)
 MAX_SHOWN = 12
 
 
@@ -65,11 +64,6 @@ def check_cell(spec: RunSpec, bundles: Bundles) -> None:
 
 def check_matrix(proto: Protocol, runs: list[RunSpec], bundles: Bundles) -> None:
     """Raise one ConfigError listing every cell that would fail, one line each."""
-    if proto.spec.evaluator not in EVALUATORS:
-        raise ConfigError(
-            f"protocol {proto.name!r}: unknown evaluator {proto.spec.evaluator!r}; "
-            f"valid: {', '.join(EVALUATORS)}"
-        )
     errors: dict[str, list[str]] = {}
     seen: set[str] = set()
     for spec in runs:

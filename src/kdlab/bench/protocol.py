@@ -6,6 +6,7 @@ metric learning. Shipped protocols live in ``kdlab/bench/protocols/<name>.yaml``
 (package data); any other YAML path is a user-defined one. Format::
 
     name: digits
+    title: every digits recipe, teachers per seed     # one line for --list
     description: ...
     base: {data: ..., train: ...}      # a partial RunConfig shared by every run
     epochs: 15                         # students' train.epochs (overrides base)
@@ -32,7 +33,6 @@ metric learning. Shipped protocols live in ``kdlab/bench/protocols/<name>.yaml``
     teacher_data: [...]                         # teachers' data hooks
     conditions:                        # optional axis: variants of the students' runs
       blur: {label: blur sigma 1, data: [...], set: {distill.views.degraded: {...}}}
-    evaluator: accuracy
 
 A protocol never restates a recipe: an arm takes the named recipe's ``distill`` section
 (terms, views, stages); models, data and schedule are the protocol's. Recipe names
@@ -112,6 +112,7 @@ class ConditionSpec(Strict):
 
 class ProtocolSpec(Strict):
     name: str
+    title: str = Field("", description="one line for 'kdlab bench --list'")
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
     epochs: int | None = Field(None, ge=1)
@@ -132,7 +133,6 @@ class ProtocolSpec(Strict):
     data: list[dict[str, Any]] = Field(default_factory=list, description="students' data hooks")
     teacher_data: list[dict[str, Any]] = Field(default_factory=list)
     conditions: dict[str, ConditionSpec] = Field(default_factory=dict)
-    evaluator: str = "accuracy"
     reference_note: str = ""
 
     @model_validator(mode="before")

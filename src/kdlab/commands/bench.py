@@ -48,11 +48,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_bench(args: argparse.Namespace) -> int:
     from kdlab.bench import builtin_protocols  # noqa: PLC0415
+    from kdlab.bench.protocol import protocol_path  # noqa: PLC0415
+    from kdlab.config import read_yaml  # noqa: PLC0415
     from kdlab.errors import ConfigError  # noqa: PLC0415
 
     if args.list:
-        for name in builtin_protocols():
-            print(name)
+        names = builtin_protocols()
+        width = max(map(len, names))
+        for name in names:
+            print(f"{name:<{width}}  {read_yaml(protocol_path(name)).get('title', '')}")
         return 0
     if not args.protocol:
         raise ConfigError("kdlab bench needs a PROTOCOL (a name from --list or a YAML path)")
