@@ -457,7 +457,7 @@ def render(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--pairs", nargs="+", default=list(PAIRS))
     p.add_argument("--methods", nargs="+", help="default: every registered method but ce")
     p.add_argument(

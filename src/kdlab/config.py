@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 
 from kdlab.errors import ConfigError, did_you_mean
 
@@ -59,6 +67,11 @@ class ModelConfig(Strict):
     name: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str | None = Field(None, description="a .safetensors file or a run folder")
+    output: StrictInt | StrictStr | None = Field(
+        None,
+        description="which part of the model's output is the logits when it returns a tuple "
+        "or dict: an index, a key, or 'logits' (default: the only tensor, or .logits)",
+    )
 
 
 class OptimizerConfig(Strict):

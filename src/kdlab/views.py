@@ -24,6 +24,7 @@ VIEWS: Registry[Callable[..., ViewFn]] = Registry("view")
 
 @VIEWS.register("identity")
 def identity() -> ViewFn:
+    """The input unchanged (the ``default`` view)."""
     return lambda x: x
 
 

@@ -81,6 +81,7 @@ def run_eval(args: argparse.Namespace) -> int:
         str(run / args.weights),
         data.num_classes,
         data.in_channels,
+        cfg.student.output,
     )
     split = getattr(data, args.split)
     if split is None:

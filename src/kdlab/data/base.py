@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,7 +15,8 @@ from kdlab.errors import DataError
 
 @dataclass
 class TensorSplit:
-    """A split held as tensors: ``x`` float (N, C, H, W), ``y`` long (N,)."""
+    """A split held as tensors: ``x`` float (N, C, H, W) images, (N, C, L) sequences or
+    (N, D) feature vectors; ``y`` long (N,)."""
 
     x: Tensor
     y: Tensor
@@ -47,7 +50,7 @@ class DataBundle:
     test: TensorSplit
     num_classes: int
     in_channels: int
-    image_size: tuple[int, int]
+    image_size: tuple[int, ...]  # (H, W) of images, (L,) of sequences, (1, 1) for vectors
     name: str = ""
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -66,6 +69,130 @@ def check_labels(y: np.ndarray | Tensor, num_classes: int, source: str) -> None:
         raise DataError(
             f"{source}: labels must lie in [0, {num_classes - 1}], found values in [{lo}, {hi}]"
         )
+
+
+def _show(values: Any, limit: int = 8) -> str:
+    values = list(values)
+    shown = ", ".join(str(v) for v in values[:limit])
+    return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
+
+
+def encode_labels(
+    labelled: Sequence[tuple[np.ndarray, str]],
+    num_classes: Any = None,
+    label_map: Any = None,
+) -> tuple[list[np.ndarray], int, dict[Any, int] | None]:
+    """Class indices for label arrays ``[(training labels, source), (other, source)...]``.
+
+    Without ``label_map`` the labels are the class indices (integers >= 0). With no
+    ``num_classes`` either, the class count is the largest label + 1 and must be
+    honest: every class in ``[0, K)`` occurs in the training labels, and every label of
+    the other arrays occurs there too; otherwise a DataError names the labels (a test
+    label the training set lacks, or sparse ids 0, 1000, 2000, would silently widen the
+    classifier). ``num_classes`` states the count (classes may then be absent).
+    ``label_map`` is ``"sorted"`` (the training labels' distinct values, in sorted
+    order, become 0..K-1), a list (its i-th entry becomes class i) or a mapping
+    ``{label: index}``; labels may then be any values (e.g. strings), and a label it
+    does not map is an error. Returns the int64 arrays, the class count and the map.
+    """
+    if num_classes is not None and (
+        not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1
+    ):
+        raise DataError(f"data.options.num_classes must be a positive integer, got {num_classes!r}")
+    for y, source in labelled:
+        if y.size == 0:
+            raise DataError(f"{source}: no samples")
+    mapping = None if label_map is None else _label_mapping(label_map, labelled[0][0])
+    if mapping is None:
+        for y, source in labelled:
+            if not np.issubdtype(y.dtype, np.integer):
+                raise DataError(
+                    f"{source}: labels must be integers, got dtype {y.dtype} (or give "
+                    "data.options.label_map to number them)"
+                )
+            if int(y.min()) < 0:
+                raise DataError(f"{source}: labels must be >= 0, found {int(y.min())}")
+        if num_classes is None:
+            num_classes = _honest_class_count(labelled)
+        out = [y.astype(np.int64) for y, _ in labelled]
+    else:
+        out = [_apply_mapping(y, mapping, source) for y, source in labelled]
+        top = max(mapping.values()) + 1
+        if num_classes is not None and num_classes < top:
+            raise DataError(
+                f"data.options.num_classes is {num_classes}, but data.options.label_map "
+                f"numbers classes up to {top - 1}"
+            )
+        num_classes = num_classes or top
+    for y, (_, source) in zip(out, labelled):
+        check_labels(y, num_classes, source)
+    return out, num_classes, mapping
+
+
+def _honest_class_count(labelled: Sequence[tuple[np.ndarray, str]]) -> int:
+    train, train_src = labelled[0]
+    seen = np.unique(train)
+    for y, source in labelled[1:]:
+        new = np.setdiff1d(np.unique(y), seen)
+        if len(new):
+            raise DataError(
+                f"{source}: label(s) {_show(new)} never occur in the training labels "
+                f"({_show(seen)}); a class the training set lacks would silently widen the "
+                "classifier. Set data.options.num_classes if the model should have classes "
+                "it never trains on, or data.options.label_map to number the labels"
+            )
+    top = int(seen[-1]) + 1
+    if len(seen) != top:
+        missing = np.setdiff1d(np.arange(top), seen)
+        raise DataError(
+            f"{train_src}: the labels are not the classes 0..{top - 1}: {_show(missing)} "
+            f"never occur (found {len(seen)} distinct labels: {_show(seen)}). Set "
+            f"data.options.label_map: sorted to number them 0..{len(seen) - 1}, or "
+            f"data.options.num_classes: {top} to keep the ids as classes"
+        )
+    return top
+
+
+def _label_mapping(label_map: Any, train: np.ndarray) -> dict[Any, int]:
+    if label_map == "sorted":
+        return {v.item(): i for i, v in enumerate(np.unique(train))}
+    if isinstance(label_map, (list, tuple)):
+        try:
+            mapping = {v: i for i, v in enumerate(label_map)}
+        except TypeError:  # a nested list or mapping as a label
+            mapping = {}
+        if not mapping or len(mapping) != len(label_map):
+            raise DataError(
+                "data.options.label_map: a list needs one entry per class, each a label "
+                f"(a number or a string) given once, got {label_map!r}"
+            )
+        return mapping
+    if isinstance(label_map, Mapping):
+        bad = [
+            v for v in label_map.values() if not isinstance(v, int) or isinstance(v, bool) or v < 0
+        ]
+        if bad or not label_map:
+            raise DataError(
+                "data.options.label_map: a mapping's values must be class indices (integers "
+                f">= 0), got {_show(bad) if bad else 'an empty mapping'}"
+            )
+        return dict(label_map)
+    raise DataError(
+        "data.options.label_map must be 'sorted', a list of labels (the i-th is class i) "
+        f"or a mapping {{label: class index}}, got {label_map!r}"
+    )
+
+
+def _apply_mapping(y: np.ndarray, mapping: dict[Any, int], source: str) -> np.ndarray:
+    values, inverse = np.unique(y, return_inverse=True)
+    codes = np.array([mapping.get(v.item(), -1) for v in values], dtype=np.int64)
+    unmapped = values[codes < 0]
+    if len(unmapped):
+        raise DataError(
+            f"{source}: label(s) {_show(unmapped.tolist())} are not in data.options.label_map "
+            f"(it maps {_show(mapping)})"
+        )
+    return codes[inverse.reshape(-1)]
 
 
 def check_finite(x: np.ndarray | Tensor, source: str) -> None:
@@ -115,8 +242,9 @@ def take_per_class(split: TensorSplit, n: int, seed: int = 0) -> TensorSplit:
 
 
 def standardize(train: Tensor, *others: Tensor | None) -> tuple[Tensor, ...]:
-    """Per-channel standardisation with the training split's statistics."""
-    dims = [0, 2, 3] if train.dim() == 4 else [0]
+    """Per-channel (per-feature for (N, D)) standardisation with the training split's
+    statistics."""
+    dims = [0, *range(2, train.dim())]
     mean = train.mean(dim=dims, keepdim=True)
     std = train.std(dim=dims, keepdim=True).clamp_min(1e-6)
     out = [(train - mean) / std]
@@ -143,10 +271,11 @@ def check_bundle(bundle: DataBundle, source: str = "dataset") -> None:
         where = f"{source} ({name} split)"
         if not split.x.is_floating_point():
             raise DataError(f"{where}: inputs must be floating point, got {split.x.dtype}")
-        if split.x.dim() == 4 and split.x.shape[1] != bundle.in_channels:
+        if split.x.dim() in (3, 4) and split.x.shape[1] != bundle.in_channels:
+            layout = "(N, C, H, W)" if split.x.dim() == 4 else "(N, C, L)"
             raise DataError(
-                f"{where}: images have shape {tuple(split.x.shape)}, expected "
-                f"{bundle.in_channels} channels in dimension 1 (N, C, H, W)"
+                f"{where}: inputs have shape {tuple(split.x.shape)}, expected "
+                f"{bundle.in_channels} channels in dimension 1 {layout}"
             )
         check_labels(split.y, bundle.num_classes, where)
         check_finite(split.x, where)

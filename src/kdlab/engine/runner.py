@@ -67,10 +67,16 @@ class RunResult:
 
 
 def load_model(
-    name: str, kwargs: dict[str, Any], checkpoint: str | None, num_classes: int, in_channels: int
+    name: str,
+    kwargs: dict[str, Any],
+    checkpoint: str | None,
+    num_classes: int,
+    in_channels: int,
+    output: int | str | None = None,
 ) -> nn.Module:
-    """A model from the registry, with weights from a run folder or safetensors file."""
-    model = create_model(name, num_classes, in_channels, **kwargs)
+    """A model from the registry, with weights from a run folder or safetensors file;
+    ``output`` picks its logits from a tuple / dict output (``student.output``)."""
+    model = create_model(name, num_classes, in_channels, output=output, **kwargs)
     if checkpoint is None:
         return model
     path = Path(checkpoint)
@@ -178,6 +184,7 @@ class Trainer:
             cfg.student.checkpoint,
             d.num_classes,
             d.in_channels,
+            cfg.student.output,
         )
         teacher = None
         if cfg.teacher is not None:
@@ -187,6 +194,7 @@ class Trainer:
                 cfg.teacher.checkpoint,
                 d.num_classes,
                 d.in_channels,
+                cfg.teacher.output,
             )
         terms = build_terms(cfg.distill.terms)
         for term in terms:

@@ -65,7 +65,7 @@ def resolve_stages(cfg: RunConfig, distiller: Distiller) -> list[Stage]:
         Stage(
             name=MAIN,
             epochs=cfg.train.epochs,
-            losses=None,
+            losses=distiller.main_losses(),  # explicit: pre-stage-only terms are left out
             train=["student", "terms"] + [f"-{p}" for p in frozen],
             optimizer=cfg.train.optimizer,
             schedule=cfg.train.schedule,

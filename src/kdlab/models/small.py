@@ -112,6 +112,8 @@ def _cnn_factory(widths: tuple[int, ...], depth: int):  # noqa: ANN202
         kwargs.setdefault("depth", depth)
         return SmallCNN(num_classes, in_channels, **kwargs)  # type: ignore[arg-type]
 
+    blocks = f", {depth} conv blocks per stage" if depth > 1 else ""
+    factory.__doc__ = f"SmallCNN with stage widths {widths}{blocks} (taps ``stages.N``)."
     return factory
 
 

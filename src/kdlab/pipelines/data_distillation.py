@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from kdlab.config import ModelConfig, RunConfig, Strict, read_yaml, validate
+from kdlab.config import DistillConfig, ModelConfig, RunConfig, Strict, read_yaml, validate
 from kdlab.data import DataBundle, TensorSplit, build_dataset, stratified_split
 from kdlab.errors import ConfigError
 from kdlab.registry import Registry
@@ -169,7 +169,9 @@ class DataDistillationConfig(Strict):
     model: ModelConfig | None = Field(
         None, description="the model trained on labelled data (default: the run's student)"
     )
-    run: dict[str, Any] = Field(description="the recipe both trainings use (a RunConfig)")
+    run: dict[str, Any] = Field(
+        description="the recipe both trainings use (a RunConfig, without teacher or distill)"
+    )
 
 
 @dataclass
@@ -190,9 +192,27 @@ def load_pipeline_config(
     data = read_yaml(source) if isinstance(source, (str, Path)) else copy.deepcopy(dict(source))
     data = apply_overrides(data, overrides)
     cfg = validate(DataDistillationConfig, data)
-    validate(RunConfig, cfg.run, where="run")
+    _check_run(validate(RunConfig, cfg.run, where="run"))
     build_transforms(cfg.transforms)
     return cfg
+
+
+def _check_run(run: RunConfig) -> None:
+    """Refuse the recipe parts this pipeline would otherwise drop without a word."""
+    # Both trainings are cross-entropy on (pseudo-)labels of one model: the pseudo-labels
+    # are the ensemble's, not a teacher's, so distill terms, views, stages and a teacher
+    # have no role here.
+    if run.teacher is not None:
+        raise ConfigError(
+            "run.teacher: data distillation has no teacher (the pseudo-labels come from the "
+            "model trained on the labelled data; set that model with 'model:'); remove it"
+        )
+    if run.distill != DistillConfig():
+        raise ConfigError(
+            "run.distill: data distillation trains both runs with cross-entropy on labels "
+            "and pseudo-labels, so distill terms, views and stages are not used; remove "
+            "run.distill (or train a distillation recipe with `kdlab train`)"
+        )
 
 
 def split_labelled(
@@ -215,6 +235,7 @@ def run_data_distillation(
 
     out_dir = Path(out_dir)
     run = validate(RunConfig, cfg.run, where="run")
+    _check_run(run)
     if seed is not None:
         run = run.model_copy(update={"seed": seed})
     data = bundle if bundle is not None else build_dataset(run.data)
@@ -238,6 +259,7 @@ def run_data_distillation(
         supervised.run_dir,
         data.num_classes,
         data.in_channels,
+        first.student.output,
     )
 
     # 2-3. multi-transform inference, ensembled into pseudo-labels
