@@ -71,8 +71,10 @@ def test_digits_ci_writes_report(ci_bench: Path) -> None:
     assert got == want
     for r in rows:
         run = Path(r["run_dir"])
-        for f in ("config.yaml", "env.json", "metrics.jsonl", "results.json", "bench.json"):
+        for f in ("config.yaml", "env.json", "metrics.jsonl", "results.json"):
             assert (run / f).is_file(), (run, f)
+        info = json.loads(run.with_name(run.name + ".bench.json").read_text())
+        assert info["cell"].endswith(f"/seed{r['seed']}") and info["key"] in run.name
         res = json.loads((run / "results.json").read_text())
         assert float(r["test_acc_best"]) == pytest.approx(res["test_acc_best"])
         assert float(r["wall_time_s"]) == pytest.approx(res["wall_time_s"], abs=0.01)

@@ -26,7 +26,7 @@ from kdlab.engine import evaluate, load_model, train
 
 RESULTS = "results.json"
 ERROR = "error.txt"
-BENCH_INFO = "bench.json"  # what bench adds: the cell, its hooks, pre-step facts
+BENCH_INFO = ".bench.json"  # beside a run folder: the cell, its hooks, pre-step facts
 
 
 @dataclass
@@ -43,6 +43,12 @@ class RunRecord:
 def is_done(run_dir: Path) -> bool:
     """A run is finished once the engine wrote its results.json (the last file it writes)."""
     return (Path(run_dir) / RESULTS).is_file()
+
+
+def bench_info_path(run_dir: Path) -> Path:
+    """What bench knows of a run and its config does not say (hooks, pre-step facts),
+    kept beside the run folder, which belongs to the engine."""
+    return run_dir.with_name(run_dir.name + BENCH_INFO)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -63,7 +69,7 @@ def read_record(spec: RunSpec, trained_now: bool = False) -> RunRecord:
                 metrics.append(json.loads(line))
             except ValueError:
                 continue  # a line cut by a kill
-    info = _read_json(spec.run_dir / BENCH_INFO).get("pre_step", {})
+    info = _read_json(bench_info_path(spec.run_dir)).get("pre_step", {})
     return RunRecord(spec, results, metrics, trained_now, info)
 
 
@@ -239,7 +245,7 @@ def _train_run(
         "pre": spec.pre,
         "pre_step": info,
     }
-    (spec.run_dir / BENCH_INFO).write_text(json.dumps(bench_info, indent=2))
+    bench_info_path(spec.run_dir).write_text(json.dumps(bench_info, indent=2))
     return read_record(spec, trained_now=True)
 
 
