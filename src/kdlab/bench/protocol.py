@@ -1,9 +1,10 @@
 """Protocols (bench specs): arms x pairs x conditions x seeds, each arm a named recipe.
 
 Every study in kdlab is a protocol run by ``kdlab bench``: the demo, the digits,
-Fashion-MNIST and CIFAR-100 benchmarks, few-shot, cross quality, data distillation and
-metric learning. Shipped protocols live in ``kdlab/bench/protocols/<name>.yaml``
-(package data); any other YAML path is a user-defined one. Format::
+Fashion-MNIST and CIFAR-100 benchmarks, few-shot, cross quality and data distillation
+(metric learning joins once the engine's evaluators select on retrieval). Shipped
+protocols live in ``kdlab/bench/protocols/<name>.yaml`` (package data); any other YAML
+path is a user-defined one. Format::
 
     name: digits
     title: every digits recipe, teachers per seed     # one line for --list
@@ -29,6 +30,7 @@ metric learning. Shipped protocols live in ``kdlab/bench/protocols/<name>.yaml``
     recipes: cifar100/{pair}           # every recipe in this folder that has a teacher is
     exclude: [cqd]                     # an arm named after its file ('{pair}': the pair)
     baseline: {name: labels only, recipe: digits/cqd, without: [cqd]}   # default: vanilla
+                                       # ({teacher: true}: the teacher's run is the baseline)
     data: [{hook: few_shot, per_class: 5}]      # students' data hooks (kdlab.bench.hooks)
     teacher_data: [...]                         # teachers' data hooks
     conditions:                        # optional axis: variants of the students' runs
