@@ -27,7 +27,7 @@ def remap_student_taps(distill: dict[str, Any], tap_map: dict[str, str]) -> dict
 
 def run_demo(args: argparse.Namespace) -> tuple[str, int]:
     """Run the demo protocol with ``kdlab demo``'s parsed options; the table, exit code."""
-    from kdlab.commands.bench import run_protocol  # noqa: PLC0415
+    from kdlab.commands.bench import overrides_of, run_protocol  # noqa: PLC0415
 
     args.pairs = [(CROSS_PAIR if args.cross else PAIR).label]
-    return run_protocol(PROTOCOL, args, list(args.overrides))
+    return run_protocol(PROTOCOL, args, overrides_of(args))

@@ -290,3 +290,20 @@ def test_bad_seeds_are_one_line_errors(bad: list[str]) -> None:
     with pytest.raises(ConfigError, match="--seeds") as err:
         parse_seeds(bad)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        "bench cqd a=1 --seeds 0 1 b=2 --methods cqd",
+        "bench cqd --seeds 0,1 a=1 b=2 --methods cqd",
+        "demo --seeds 0-1 a=1 --methods cqd b=2",
+    ],
+)
+def test_seeds_and_overrides_mix_on_any_command_line(argv: str) -> None:
+    from kdlab.cli import build_parser  # noqa: PLC0415
+    from kdlab.commands.bench import overrides_of  # noqa: PLC0415
+
+    args = build_parser().parse_args(argv.split())
+    assert parse_seeds(args.seeds) == [0, 1] and args.methods == ["cqd"]
+    assert overrides_of(args) == ["a=1", "b=2"]

@@ -5,15 +5,45 @@ from __future__ import annotations
 import argparse
 import shlex
 from pathlib import Path
+from typing import Any
 
 SEEDS_HELP = "seeds: '0 1 2', '0,1,2' or '0-2' (replaces the protocol's)"
 
 
+class ListOption(argparse.Action):
+    """A list option (``--seeds 0 1 2``) that leaves ``key=value`` words after it to the
+    command's overrides, so ``--seeds 0 data.root=/data`` means what it says."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, ns: argparse.Namespace, values: Any, _: Any = None
+    ) -> None:
+        values = list(values)
+        words = [v for v in values if "=" in v]
+        if words:
+            values = [v for v in values if "=" not in v]
+            if isinstance(getattr(ns, "overrides", None), list):
+                ns.overrides = [*ns.overrides, *words]
+            else:  # the positional overrides are not parsed yet: see overrides_of
+                ns.late_overrides = [*getattr(ns, "late_overrides", []), *words]
+        if not values:
+            parser.error(f"{self.option_strings[0]} needs at least one value")
+        setattr(ns, self.dest, values)
+
+
+def overrides_of(args: argparse.Namespace) -> list[str]:
+    """Every ``key=value`` word of the command line, wherever it stood."""
+    return [*(getattr(args, "overrides", None) or []), *getattr(args, "late_overrides", [])]
+
+
 def add_matrix_options(p: argparse.ArgumentParser) -> None:
     """The options every matrix command shares (``bench``, ``demo``): one syntax."""
-    p.add_argument("--seeds", nargs="+", metavar="SEED", help=SEEDS_HELP)
+    p.add_argument("--seeds", nargs="+", metavar="SEED", action=ListOption, help=SEEDS_HELP)
     p.add_argument(
-        "--methods", nargs="+", metavar="METHOD", help="only these arms ('kd at' or 'kd,at')"
+        "--methods",
+        nargs="+",
+        metavar="METHOD",
+        action=ListOption,
+        help="only these arms ('kd at' or 'kd,at')",
     )
     p.add_argument("--out", help="benchmark folder (default: runs/bench/<protocol>)")
     p.add_argument("--no-plots", action="store_true", help="skip the matplotlib plots")
@@ -39,8 +69,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "overrides", nargs="*", help="dotted overrides of the base recipe, e.g. data.root=/data"
     )
     add_matrix_options(p)
-    p.add_argument("--pairs", nargs="+", metavar="PAIR", help="only these pairs")
-    p.add_argument("--conditions", nargs="+", metavar="NAME", help="only these conditions")
+    p.add_argument("--pairs", nargs="+", metavar="PAIR", action=ListOption, help="only these pairs")
+    p.add_argument(
+        "--conditions", nargs="+", metavar="NAME", action=ListOption, help="only these conditions"
+    )
     p.add_argument("--report", help="report folder (default: <out>/report)")
     p.add_argument("--list", action="store_true", help="list the shipped protocols and exit")
     p.set_defaults(func=run_bench)
@@ -60,7 +92,7 @@ def run_bench(args: argparse.Namespace) -> int:
         return 0
     if not args.protocol:
         raise ConfigError("kdlab bench needs a PROTOCOL (a name from --list or a YAML path)")
-    table, code = run_protocol(args.protocol, args, getattr(args, "overrides", []))
+    table, code = run_protocol(args.protocol, args, overrides_of(args))
     print(table)
     return code
 
