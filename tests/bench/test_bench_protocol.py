@@ -262,9 +262,16 @@ def test_shared_teacher_conditions_and_baselines(tmp_path: Path) -> None:
     assert base.cfg.distill.terms == [{"method": "ce", "student_view": "degraded", "weight": 1.0}]
     assert base.cfg.distill.views == {"degraded": {"type": "gaussian_blur", "sigma": 1.0}}
     omni = expand(load_protocol("omni", seeds=[2]), tmp_path)
-    teacher, supervised = omni[0], omni[1]
+    teacher, supervised, dd = omni
     assert supervised.kind == BASELINE and supervised.run_dir == teacher.run_dir
     assert supervised.method == "supervised only" and teacher.cfg.train.epochs == 150
+    # the data distillation student has no teacher term, but its pre-step reads the
+    # teacher: the teacher is part of its key, not of its recipe
+    assert dd.cfg.teacher is None and dd.teacher is teacher
+    other = load_protocol("omni", seeds=[2])
+    other.spec.teacher_epochs = 151  # only the teacher changes
+    changed = expand(other, tmp_path)
+    assert changed[2].cfg == dd.cfg and changed[2].key != dd.key
 
 
 # ------------------------------------------------------------------ seeds

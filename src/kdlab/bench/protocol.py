@@ -158,6 +158,7 @@ class Arm:
     source: str  # the recipe file it came from ('' for built-in cross-entropy)
     distill: dict[str, Any]
     pre: list[dict[str, Any]] = field(default_factory=list)
+    teacher: bool = True  # its runs load the pair's teacher (the recipe names one)
 
 
 @dataclass
@@ -267,12 +268,14 @@ def protocol_path(name_or_path: str | Path) -> Path:
     return Path(str(resources.files("kdlab.bench") / "protocols" / f"{name_or_path}.yaml"))
 
 
-def _distill_of(ref: str, base_dir: Path, where: str) -> tuple[dict[str, Any], str]:
+def _distill_of(ref: str, base_dir: Path, where: str) -> tuple[dict[str, Any], str, bool]:
+    """A recipe's distill section, its file, and whether it names a teacher."""
     path = recipe_path(ref, base_dir)
-    distill = read_yaml(path).get("distill")
+    data = read_yaml(path)
+    distill = data.get("distill")
     if not isinstance(distill, dict) or not distill.get("terms"):
         raise ConfigError(f"{where}: recipe {str(path)!r} has no 'distill.terms'")
-    return copy.deepcopy(distill), str(path)
+    return copy.deepcopy(distill), str(path), bool(data.get("teacher"))
 
 
 def _term_keys(term: dict[str, Any]) -> tuple[Any, Any]:
@@ -311,9 +314,9 @@ def rename_student_taps(distill: dict[str, Any], tap_map: dict[str, str]) -> dic
 def _arm(name: str, entry: str | ArmSpec | BaselineSpec, base_dir: Path, where: str) -> Arm:
     spec = ArmSpec(recipe=entry) if isinstance(entry, str) else entry
     if spec.recipe is None:  # the built-in baseline
-        distill, source = copy.deepcopy(CE_ONLY), ""
+        distill, source, teacher = copy.deepcopy(CE_ONLY), "", False
     else:
-        distill, source = _distill_of(spec.recipe, base_dir, where)
+        distill, source, teacher = _distill_of(spec.recipe, base_dir, where)
     known = {k for t in distill["terms"] for k in _term_keys(t) if k is not None}
     for key in [*spec.without, *spec.terms]:
         if key not in known:
@@ -322,7 +325,7 @@ def _arm(name: str, entry: str | ArmSpec | BaselineSpec, base_dir: Path, where: 
             )
     terms = [t for t in distill["terms"] if not set(_term_keys(t)) & set(spec.without)]
     distill["terms"] = override_terms(terms, spec.terms)
-    return Arm(name, source, distill, list(getattr(spec, "pre", [])))
+    return Arm(name, source, distill, list(getattr(spec, "pre", [])), teacher)
 
 
 def _folder_arms(spec: ProtocolSpec, pair: str, base_dir: Path) -> dict[str, Arm]:
@@ -411,12 +414,14 @@ def config_hash(cfg: RunConfig, **extra: Any) -> str:
 
 
 def cell_key(cfg: RunConfig, data: list[Any], pre: list[Any], teacher: RunSpec | None) -> str:
-    """The cache key of a run: its config and hooks, its teacher by key (not by folder,
-    so a moved benchmark folder keeps its runs)."""
-    if teacher is not None and cfg.teacher is not None:
+    """The cache key of a run: its config and hooks, and its teacher (which its terms or
+    pre-steps read) by key, not by folder, so a moved benchmark folder keeps its runs."""
+    if teacher is None:
+        return config_hash(cfg, data=data, pre=pre)
+    if cfg.teacher is not None:
         cfg = cfg.model_copy(deep=True)
-        cfg.teacher.checkpoint = f"bench-teacher:{teacher.key}"
-    return config_hash(cfg, data=data, pre=pre)
+        cfg.teacher.checkpoint = None
+    return config_hash(cfg, data=data, pre=pre, teacher=teacher.key)
 
 
 def _run_config(
@@ -505,10 +510,11 @@ def expand(proto: Protocol, out: Path, overrides: list[str] | None = None) -> li
                         seed,
                         pair.student,
                         cond.set,
-                        teacher=tmodel.model_dump(mode="json"),
+                        teacher=tmodel.model_dump(mode="json") if arm.teacher else None,
                         distill=_distill_for(arm, pair),
                     )
-                    key = cell_key(mcfg, data_hooks, arm.pre, teacher)
+                    reads = teacher if arm.teacher or arm.pre else None  # its teacher, if any
+                    key = cell_key(mcfg, data_hooks, arm.pre, reads)
                     runs.append(
                         RunSpec(
                             METHOD,
@@ -520,7 +526,7 @@ def expand(proto: Protocol, out: Path, overrides: list[str] | None = None) -> li
                             cond_key,
                             data_hooks,
                             arm.pre,
-                            teacher,
+                            reads,
                             key,
                         )
                     )
