@@ -77,7 +77,7 @@ def test_a_bad_cell_stops_the_matrix_before_any_training(
         run_matrix(proto, tmp_path / "out", progress=False)
     lines = str(err.value).splitlines()
     # one line for the bad cell (the other seeds build the same), none for the good ones
-    assert lines[0] == "protocol 'checked': 3 cell(s) would fail, nothing was trained:"
+    assert lines[0] == "protocol 'checked': 3 of 12 cells would fail, nothing was trained:"
     assert len(lines) == 2 and lines[1].startswith("  cnn_medium-cnn_small/bad/seed0 (and 2 more")
     assert not (tmp_path / "out").exists()
 
@@ -125,3 +125,12 @@ def test_shipped_protocols_validate(tmp_path: Path, no_training: None) -> None:
         check_matrix(proto, expand(proto, tmp_path), bundles)
     proto = load_protocol("omni", seeds=[0])
     check_matrix(proto, expand(proto, tmp_path), bundles)
+
+
+def test_check_only_validates(
+    tmp_path: Path, no_training: None, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    assert main(["bench", "digits-ci", "--check", "--out", str(out)]) == 0
+    assert "'digits-ci': all 8 runs build; nothing was trained" in capsys.readouterr().out
+    assert not out.exists()

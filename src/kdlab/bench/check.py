@@ -46,12 +46,13 @@ def probe(cfg: RunConfig, bundle: DataBundle, teacher_trained_by_bench: bool) ->
 
 
 def _shape_key(spec: RunSpec) -> str:
-    """What decides whether a cell builds: its recipe without seed and names."""
+    """What decides whether a cell builds: its recipe without seed, names and teacher
+    weights (a teacher the matrix trains is built untrained), and its hooks."""
     data = spec.cfg.model_dump(mode="json")
     for key in ("name", "seed", "output_dir"):
         data.pop(key, None)
     if spec.teacher is not None and data.get("teacher"):
-        data["teacher"]["checkpoint"] = spec.teacher.key
+        data["teacher"]["checkpoint"] = "trained by the matrix"
     return json.dumps([data, spec.data, spec.pre], sort_keys=True)
 
 
@@ -64,26 +65,31 @@ def check_cell(spec: RunSpec, bundles: Bundles) -> None:
 
 def check_matrix(proto: Protocol, runs: list[RunSpec], bundles: Bundles) -> None:
     """Raise one ConfigError listing every cell that would fail, one line each."""
-    errors: dict[str, list[str]] = {}
-    seen: set[str] = set()
+    failed: dict[str, str] = {}  # shape key -> first line of its error
+    checked: set[str] = set()
     for spec in runs:
         key = _shape_key(spec)
-        if key in seen:
+        if key in checked:
             continue
-        seen.add(key)
+        checked.add(key)
         try:
             check_cell(spec, bundles)
         except KdlabError as err:
-            errors.setdefault(_one_line(err), []).append(spec.label)
-    if not errors:
+            failed[key] = _one_line(err)
+    if not failed:
         return
+    cells: dict[str, list[str]] = {}  # message -> every cell that fails with it
+    for spec in runs:
+        key = _shape_key(spec)
+        if key in failed:
+            cells.setdefault(failed[key], []).append(spec.label)
     lines = []
-    for message, cells in list(errors.items())[:MAX_SHOWN]:
-        more = f" (and {len(cells) - 1} more cells)" if len(cells) > 1 else ""
-        lines.append(f"  {cells[0]}{more}: {message}")
-    n = sum(len(c) for c in errors.values())
+    for message, labels in list(cells.items())[:MAX_SHOWN]:
+        more = f" (and {len(labels) - 1} more cells)" if len(labels) > 1 else ""
+        lines.append(f"  {labels[0]}{more}: {message}")
+    n = sum(len(c) for c in cells.values())
     raise ConfigError(
-        f"protocol {proto.name!r}: {n} cell(s) would fail, nothing was trained:\n"
+        f"protocol {proto.name!r}: {n} of {len(runs)} cells would fail, nothing was trained:\n"
         + "\n".join(lines)
     )
 

@@ -131,6 +131,17 @@ def prepare(spec: RunSpec, bundles: Bundles) -> tuple[RunConfig, DataBundle, dic
 # ---------------------------------------------------------------- running
 
 
+def checked_matrix(
+    proto: Protocol, out: Path, overrides: list[str] | None = None
+) -> tuple[list[RunSpec], Bundles]:
+    """The matrix's runs, every distinct cell built once to check it (nothing trains)."""
+    from kdlab.bench.check import check_matrix  # noqa: PLC0415 - imports the methods
+
+    runs, bundles = expand(proto, out, overrides), Bundles()
+    check_matrix(proto, runs, bundles)
+    return runs, bundles
+
+
 def run_matrix(
     proto: Protocol,
     out: str | Path,
@@ -149,13 +160,9 @@ def run_matrix(
     is logged to its ``error.txt``, appended to ``failures`` and skipped (runs that need
     its teacher are skipped too); the next invocation tries it again.
     """
-    from kdlab.bench.check import check_matrix  # noqa: PLC0415 - imports the methods
-
     failures = failures if failures is not None else []
     out = Path(out)
-    runs = expand(proto, out, overrides)
-    bundles = Bundles()
-    check_matrix(proto, runs, bundles)
+    runs, bundles = checked_matrix(proto, out, overrides)
     out.mkdir(parents=True, exist_ok=True)
     (out / "protocol.json").write_text(
         json.dumps(

@@ -74,6 +74,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--conditions", nargs="+", metavar="NAME", action=ListOption, help="only these conditions"
     )
     p.add_argument("--report", help="report folder (default: <out>/report)")
+    p.add_argument(
+        "--check", action="store_true", help="only validate every cell (nothing trains) and exit"
+    )
     p.add_argument("--list", action="store_true", help="list the shipped protocols and exit")
     p.set_defaults(func=run_bench)
 
@@ -110,6 +113,12 @@ def run_protocol(protocol: str, args: argparse.Namespace, overrides: list[str]) 
         conditions=split_names(getattr(args, "conditions", None)),
     )
     out = Path(args.out) if args.out else Path("runs") / "bench" / proto.name
+    if getattr(args, "check", False):
+        from kdlab.bench.run import checked_matrix  # noqa: PLC0415
+
+        runs = checked_matrix(proto, out, overrides)[0]
+        trained = len({r.run_dir for r in runs})
+        return f"protocol {proto.name!r}: all {trained} runs build; nothing was trained", 0
     failures: list = []
     records = run_matrix(
         proto,
