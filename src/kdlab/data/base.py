@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -40,14 +40,30 @@ class TensorSplit:
         idx_t = torch.as_tensor(np.asarray(idx), dtype=torch.long)
         return TensorSplit(self.x[idx_t], self.y[idx_t])
 
+    def example(self, n: int) -> Tensor:
+        """The first ``n`` inputs (shape probes)."""
+        return self.x[:n]
+
+
+class Split(Protocol):
+    """What the engine may assume of any split, in memory or streamed from disk."""
+
+    y: Tensor
+
+    def __len__(self) -> int: ...
+
+    def example(self, n: int) -> Tensor: ...
+
+    def subset(self, idx: Tensor | np.ndarray) -> Split: ...
+
 
 @dataclass
 class DataBundle:
     """Train / val / test splits plus what models need to know about the inputs."""
 
-    train: TensorSplit
-    val: TensorSplit | None
-    test: TensorSplit
+    train: Split
+    val: Split | None
+    test: Split
     num_classes: int
     in_channels: int
     image_size: tuple[int, ...]  # (H, W) of images, (L,) of sequences, (1, 1) for vectors
@@ -229,7 +245,7 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
 
 
-def take_per_class(split: TensorSplit, n: int, seed: int = 0) -> TensorSplit:
+def take_per_class(split: Split, n: int, seed: int = 0) -> Split:
     """The first ``n`` samples of each class after a seeded shuffle (few-shot)."""
     y = split.y.numpy()
     rng = np.random.default_rng(seed + 7919)
@@ -256,7 +272,8 @@ def check_bundle(bundle: DataBundle, source: str = "dataset") -> None:
     """Check what every dataset must satisfy before training: non-empty float inputs
     with ``in_channels`` channels, finite values, integer labels in ``[0, num_classes)``.
 
-    Raises DataError naming the split and what is wrong; cheap for in-memory splits.
+    Raises DataError naming the split and what is wrong; cheap for in-memory splits and
+    for streaming ones (labels, and two decoded samples).
     """
     if not isinstance(bundle.num_classes, int) or bundle.num_classes < 1:
         raise DataError(
@@ -269,13 +286,15 @@ def check_bundle(bundle: DataBundle, source: str = "dataset") -> None:
                 continue
             raise DataError(f"{source}: the {name} split is missing")
         where = f"{source} ({name} split)"
-        if not split.x.is_floating_point():
-            raise DataError(f"{where}: inputs must be floating point, got {split.x.dtype}")
-        if split.x.dim() in (3, 4) and split.x.shape[1] != bundle.in_channels:
-            layout = "(N, C, H, W)" if split.x.dim() == 4 else "(N, C, L)"
+        # Streaming splits: only a couple of decoded samples (reading them all is a run).
+        x = split.x if isinstance(split, TensorSplit) else split.example(2)
+        if not x.is_floating_point():
+            raise DataError(f"{where}: inputs must be floating point, got {x.dtype}")
+        if x.dim() in (3, 4) and x.shape[1] != bundle.in_channels:
+            layout = "(N, C, H, W)" if x.dim() == 4 else "(N, C, L)"
             raise DataError(
-                f"{where}: inputs have shape {tuple(split.x.shape)}, expected "
+                f"{where}: inputs have shape {tuple(x.shape)}, expected "
                 f"{bundle.in_channels} channels in dimension 1 {layout}"
             )
         check_labels(split.y, bundle.num_classes, where)
-        check_finite(split.x, where)
+        check_finite(x, where)
