@@ -95,8 +95,8 @@ def test_one_table_per_condition_with_its_baseline(tmp_path: Path) -> None:
     recs.append(tested)
     rows = run_rows(recs, proto)
     students = [r for r in rows if r["kind"] != TEACHER]
-    assert {r["teacher_acc_best"] for r in students if r["condition"] == "b"} == {40.0}
-    assert {r["teacher_acc_best"] for r in students if r["condition"] == "a"} == {97.0}
+    assert {r["teacher_best"] for r in students if r["condition"] == "b"} == {40.0}
+    assert {r["teacher_best"] for r in students if r["condition"] == "a"} == {97.0}
     table = write_report(proto, recs, tmp_path / "rep", plots=False)["table"].read_text()
     blocks = table.split("### ")[1:]
     assert [b.splitlines()[0] for b in blocks] == [f"{pair}, blur", f"{pair}, noise"]
@@ -113,3 +113,22 @@ def test_plots_are_written(tmp_path: Path) -> None:
     recs = [_record(pair, "vanilla", BASELINE, 0, 90, 90), _record(pair, "kd", METHOD, 0, 91, 90)]
     paths = write_report(proto, recs, tmp_path / "rep", plots=True)
     assert paths["gain_plot"].stat().st_size > 0 and paths["curves_plot"].stat().st_size > 0
+
+
+def test_scores_follow_the_selection_metric(tmp_path: Path) -> None:
+    """Results that name their selection metric (an evaluator's, e.g. retrieval) are
+    tabled by it; results written before evaluators by top-1 accuracy."""
+    from kdlab.bench.report import scores  # noqa: PLC0415
+
+    new = {"select": "recall@1", "test_score_best": 70.0, "test_score_last": 68.0}
+    assert scores({**new, "val_score": 75.0}) == ("recall@1", 70.0, 68.0, 75.0)
+    assert scores({"test_acc_best": 90.0, "test_acc_last": 89.0}) == ("acc1", 90.0, 89.0, None)
+    proto = _protocol(tmp_path)
+    pair = proto.spec.pairs[0].label
+    recs = [_record(pair, "vanilla", BASELINE, 0, 0, 0), _record(pair, "kd", METHOD, 0, 0, 0)]
+    recs[0].results = {**new, "test_score_best": 60.0}
+    recs[1].results = dict(new)
+    rows = run_rows(recs, proto)
+    assert [r["gain_best"] for r in rows] == ["", 10.0]
+    table = summary_tables(proto, rows)
+    assert "test recall@1, best-val epoch" in table

@@ -76,13 +76,13 @@ def test_digits_ci_writes_report(ci_bench: Path) -> None:
         info = json.loads(run.with_name(run.name + ".bench.json").read_text())
         assert info["cell"].endswith(f"/seed{r['seed']}") and info["key"] in run.name
         res = json.loads((run / "results.json").read_text())
-        assert float(r["test_acc_best"]) == pytest.approx(res["test_acc_best"])
+        assert float(r["test_best"]) == pytest.approx(res["test_acc_best"])
         assert float(r["wall_time_s"]) == pytest.approx(res["wall_time_s"], abs=0.01)
-    van = {r["seed"]: float(r["test_acc_best"]) for r in rows if r["method"] == "vanilla"}
+    van = {r["seed"]: float(r["test_best"]) for r in rows if r["method"] == "vanilla"}
     for r in rows:
         if r["method"] in ("kd", "logits"):
             assert float(r["gain_best"]) == pytest.approx(
-                float(r["test_acc_best"]) - van[r["seed"]]
+                float(r["test_best"]) - van[r["seed"]]
             )
     table = (report / "table.md").read_text()
     assert "best-val" in table and "| kd " in table and "gain 95% CI" in table

@@ -27,13 +27,13 @@ def _arms(rows: list[dict[str, str]]) -> list[tuple[str, str, str]]:
 
 def _gains_are_paired(rows: list[dict[str, str]], baseline: str) -> None:
     base = {
-        (r["condition"], r["seed"]): float(r["test_acc_best"])
+        (r["condition"], r["seed"]): float(r["test_best"])
         for r in rows
         if r["method"] == baseline
     }
     for r in rows:
         if r["kind"] == "method":
-            want = float(r["test_acc_best"]) - base[(r["condition"], r["seed"])]
+            want = float(r["test_best"]) - base[(r["condition"], r["seed"])]
             assert float(r["gain_best"]) == pytest.approx(want)
 
 
@@ -76,7 +76,7 @@ def test_cqd(tmp_path: Path) -> None:
     tested = [r for r in rows if r["kind"] == "teacher" and r["condition"] == "lowres4"]
     own = [r for r in rows if r["kind"] == "teacher" and r["condition"] == ""]
     assert len(tested) == 1 and len(own) == 1  # the clean teacher on the degraded test split
-    assert tested[0]["test_acc_best"] != own[0]["test_acc_best"]
+    assert tested[0]["test_best"] != own[0]["test_best"]
     assert tested[0]["run_dir"] == own[0]["run_dir"]
     _gains_are_paired(rows, "labels only")
 

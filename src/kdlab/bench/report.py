@@ -24,20 +24,32 @@ CSV_NAME = "runs.csv"
 TABLE_NAME = "table.md"
 GAIN_PLOT = "gain.png"
 CURVES_PLOT = "curves.png"
-# evaluator -> (score name, results key of the best-val and last epochs, metrics key)
-SCORES = {"accuracy": ("test acc", "test_acc_best", "test_acc_last", "val_acc1")}
-SCORE = "accuracy"  # the score every protocol reports until recipes name their evaluator
+LABELS = {"acc1": "test acc", "acc5": "test top-5 acc"}
 
 Group = tuple[str, str]  # (pair, condition)
 
 
-def _score(proto: Protocol) -> tuple[str, str, str, str]:
-    return SCORES[SCORE]
+def scores(results: dict[str, Any]) -> tuple[str, float, float, float | None]:
+    """``(metric, test best-val, test last, val)`` of a run: the recipe's selection
+    metric (``recall@1``, ...), or top-1 accuracy in results written before evaluators."""
+    if "test_score_best" in results:
+        return (
+            str(results.get("select") or "acc1"),
+            float(results["test_score_best"]),
+            float(results["test_score_last"]),
+            results.get("val_score"),
+        )
+    return "acc1", results["test_acc_best"], results["test_acc_last"], results.get("val_acc")
+
+
+def score_label(rows: Sequence[dict[str, Any]]) -> str:
+    """What the score columns hold: ``test acc``, ``test recall@1``..."""
+    metrics = sorted({str(r["metric"]) for r in rows}) or ["acc1"]
+    return " / ".join(LABELS.get(m, f"test {m}") for m in metrics)
 
 
 def run_rows(records: Sequence[RunRecord], proto: Protocol | None = None) -> list[dict[str, Any]]:
     """One CSV row per run, with the gain over the baseline of the same seed."""
-    _, best_key, last_key, _ = _score(proto) if proto else SCORES["accuracy"]
     baseline: dict[tuple[str, str, int], dict[str, Any]] = {}
     teacher_on: dict[tuple[str, str, Path], dict[str, Any]] = {}
     for r in records:
@@ -49,6 +61,7 @@ def run_rows(records: Sequence[RunRecord], proto: Protocol | None = None) -> lis
     rows = []
     for r in records:
         s, res = r.spec, r.results
+        metric, best, last, val = scores(res)
         base = baseline.get((s.pair, s.condition, s.seed)) if s.kind == METHOD else None
         teacher: dict[str, Any] | None = None
         if s.teacher is not None:
@@ -65,12 +78,13 @@ def run_rows(records: Sequence[RunRecord], proto: Protocol | None = None) -> lis
             "teacher": s.cfg.teacher.name if s.cfg.teacher else "",
             "selection": res.get("selection"),
             "best_epoch": res.get("best_epoch"),
-            "val_acc": res.get("val_acc"),
-            "test_acc_best": res[best_key],
-            "test_acc_last": res[last_key],
-            "gain_best": res[best_key] - base[best_key] if base else "",
-            "gain_last": res[last_key] - base[last_key] if base else "",
-            "teacher_acc_best": teacher[best_key] if teacher else "",
+            "metric": metric,
+            "val_best": val,
+            "test_best": best,
+            "test_last": last,
+            "gain_best": best - scores(base)[1] if base else "",
+            "gain_last": last - scores(base)[2] if base else "",
+            "teacher_best": scores(teacher)[1] if teacher else "",
             "params": res.get("params"),
             "wall_time_s": round(float(res.get("wall_time_s", 0.0)), 2),
             "run_dir": str(s.run_dir),
@@ -148,7 +162,7 @@ def _info(rows: list[dict[str, Any]], keys: list[str]) -> str:
 
 def summary_tables(proto: Protocol, rows: list[dict[str, Any]]) -> str:
     """Markdown: one table per pair and condition, arms as rows."""
-    name = _score(proto)[0]
+    name = score_label(rows)
     refs = {p.label: p.reference for p in proto.spec.pairs}
     any_ref = any(refs.values())
     headers = [
@@ -179,8 +193,8 @@ def summary_tables(proto: Protocol, rows: list[dict[str, Any]]) -> str:
             cells = [
                 m,
                 len(group_rows),
-                _fmt([r["test_acc_best"] for r in group_rows]),
-                _fmt([r["test_acc_last"] for r in group_rows]),
+                _fmt([r["test_best"] for r in group_rows]),
+                _fmt([r["test_last"] for r in group_rows]),
                 _fmt(gb, signed=True),
                 _fmt_interval(gb),
                 _fmt(gl, signed=True),
@@ -223,7 +237,7 @@ def _plot_gain(proto: Protocol, rows: list[dict[str, Any]], path: Path) -> None:
         ax.axhline(0.0, color="black", linewidth=0.8)
         ax.set_xticks(list(xs))
         ax.set_xticklabels(methods, rotation=60, ha="right")
-        ax.set_ylabel(f"{_score(proto)[0]} gain over {proto.baseline_name} (points)")
+        ax.set_ylabel(f"{score_label(rows)} gain over {proto.baseline_name} (points)")
         ax.set_title(
             f"{proto.name}: {group_title(proto, group)}\nmean +- std over seeds", fontsize=9
         )
@@ -234,7 +248,7 @@ def _plot_gain(proto: Protocol, rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def _plot_curves(proto: Protocol, records: Sequence[RunRecord], path: Path) -> None:
-    val_key = _score(proto)[3]
+    val_keys = {f"val_{scores(r.results)[0]}" for r in records}
     tables = groups(proto)
     methods = [proto.baseline_name, *proto.methods]
     plt, (fig, axes) = _subplots(len(tables), 7.0)
@@ -247,8 +261,8 @@ def _plot_curves(proto: Protocol, records: Sequence[RunRecord], path: Path) -> N
                 if s.pair != pair or s.condition != cond or s.method != m or s.kind == TEACHER:
                     continue
                 for row in r.metrics:
-                    if row.get("stage") == "main" and val_key in row:
-                        curves[int(row["epoch"])].append(float(row[val_key]))
+                    for key in val_keys & set(row) if row.get("stage") == "main" else ():
+                        curves[int(row["epoch"])].append(float(row[key]))
             if not curves:
                 continue
             epochs = sorted(curves)
@@ -262,7 +276,7 @@ def _plot_curves(proto: Protocol, records: Sequence[RunRecord], path: Path) -> N
                 linestyle="--" if base else "-",
             )
         ax.set_xlabel("epoch (main stage)")
-        ax.set_ylabel(f"validation {val_key}, mean over seeds")
+        ax.set_ylabel("validation score (the selection metric), mean over seeds")
         ax.set_title(f"{proto.name}: {group_title(proto, (pair, cond))}", fontsize=9)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, ncol=2)
@@ -286,7 +300,7 @@ def write_report(
     paths = {"csv": folder / CSV_NAME, "table": folder / TABLE_NAME}
     write_csv(paths["csv"], rows)
     seeds = sorted({r.spec.seed for r in records if r.spec.kind != TEACHER})
-    score = _score(proto)[0]
+    score = score_label(rows)
     lines = [
         f"# Benchmark `{proto.name}`",
         "",

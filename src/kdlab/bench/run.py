@@ -276,7 +276,8 @@ def teacher_on_student_data(
         model = _teacher_loader(teacher)(theirs)
         acc = evaluate(model, theirs.test, batch_size=spec.cfg.data.eval_batch_size)["acc1"]
         record = finished[teacher.run_dir]
-        results = {**record.results, "test_acc_best": acc, "test_acc_last": acc}
+        results = {**record.results, "select": "acc1", "test_acc_best": acc, "test_acc_last": acc}
+        results.update(test_score_best=acc, test_score_last=acc)
         view = dataclasses.replace(record.spec, condition=spec.condition)
         out.append(RunRecord(view, results, [], False, {"tested_on": "students' test split"}))
     return out
