@@ -81,9 +81,7 @@ def test_digits_ci_writes_report(ci_bench: Path) -> None:
     van = {r["seed"]: float(r["test_best"]) for r in rows if r["method"] == "vanilla"}
     for r in rows:
         if r["method"] in ("kd", "logits"):
-            assert float(r["gain_best"]) == pytest.approx(
-                float(r["test_best"]) - van[r["seed"]]
-            )
+            assert float(r["gain_best"]) == pytest.approx(float(r["test_best"]) - van[r["seed"]])
     table = (report / "table.md").read_text()
     assert "best-val" in table and "| kd " in table and "gain 95% CI" in table
 

@@ -27,9 +27,7 @@ def _arms(rows: list[dict[str, str]]) -> list[tuple[str, str, str]]:
 
 def _gains_are_paired(rows: list[dict[str, str]], baseline: str) -> None:
     base = {
-        (r["condition"], r["seed"]): float(r["test_best"])
-        for r in rows
-        if r["method"] == baseline
+        (r["condition"], r["seed"]): float(r["test_best"]) for r in rows if r["method"] == baseline
     }
     for r in rows:
         if r["kind"] == "method":
