@@ -13,10 +13,10 @@ import torch
 
 from kdlab.config import DataConfig
 from kdlab.data import DATASET_OPTIONS, DATASETS, TensorLoader, TensorSplit, build_dataset
-from kdlab.data.augment import random_crop, random_hflip
 from kdlab.data.base import check_bundle
 from kdlab.data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from kdlab.errors import DataError
+from kdlab.views.augment import random_crop, random_hflip
 
 
 def _cfg(**kwargs: Any) -> DataConfig:

@@ -248,7 +248,7 @@ class Distiller(nn.Module):
     ) -> list[tuple[Term, str | None, float]]:
         """``(term, mode, weight)`` for each loss to compute; validates names."""
         if losses is None:
-            return [(t, None, t.weight) for t in self.terms.values() if t.in_main_stage]
+            return [(t, None, t.weight) for t in self.terms.values() if t.main_stage]
         plan = []
         for key, weight in losses.items():
             name, _, mode = key.partition(".")

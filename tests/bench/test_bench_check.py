@@ -61,7 +61,7 @@ KD = {"method": "kd", "T": 4.0}
         ({"terms": [{**KD, "student_view": "noisy"}]}, "unknown view 'noisy'"),
         (
             {"terms": [KD], "stages": [{"name": "warm", "epochs": 1, "lossses": {}}]},
-            "'distill.stages.0.lossses'; did you mean 'losses'",
+            "key 'distill.stages.0.lossses': Extra inputs are not permitted",
         ),
         (
             {"terms": [{"method": "at", "student": ["stages.3"], "teacher": ["stages.1"]}]},

@@ -12,8 +12,8 @@ from kdlab.bench.hooks import DATA_HOOKS, PRE_STEPS, HookContext, bind_hook
 from kdlab.config import DataConfig, load_config
 from kdlab.data import build_dataset
 from kdlab.data.base import DataBundle, TensorSplit
-from kdlab.degrade import downsample
 from kdlab.errors import ConfigError
+from kdlab.views.degrade import downsample
 
 
 @pytest.fixture(scope="module")

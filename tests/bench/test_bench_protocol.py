@@ -9,11 +9,11 @@ import pytest
 import yaml
 
 from kdlab.bench import builtin_protocols, config_hash, expand, load_protocol, parse_seeds
-from kdlab.bench.protocol import BASELINE, METHOD, TEACHER, ProtocolSpec, protocol_path
-from kdlab.bench.recipes import recipe_path, recipes_root
-from kdlab.config import read_yaml, validate
+from kdlab.bench.protocol import BASELINE, METHOD, TEACHER, ProtocolSpec, protocol_path, recipe_file
+from kdlab.config import DistillConfig, read_yaml, validate
 from kdlab.errors import ConfigError
 from kdlab.methods import METHODS, build_terms
+from kdlab.recipes import ROOT as RECIPES
 
 ROOT = Path(__file__).resolve().parents[2]
 KD = {"terms": [{"method": "ce", "weight": 0.1}, {"method": "kd", "T": 4.0}]}
@@ -41,6 +41,11 @@ def write_protocol(path: Path, **changes: object) -> Path:
     data.update(changes)
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def _terms(cfg: Any) -> list[dict[str, Any]]:
+    """A run's terms as its recipe would write them (validated defaults left out)."""
+    return [t.model_dump(mode="json", exclude_defaults=True) for t in cfg.distill.terms]
 
 
 # ------------------------------------------------------------------ shipped protocols
@@ -94,9 +99,14 @@ def test_every_shipped_cell_is_its_recipe() -> None:
             arm = proto.arms[cell.pair][cell.method]
             entry = spec.methods.get(cell.method)
             ref = entry if isinstance(entry, str) else (entry.recipe if entry else None)
-            source = recipe_path(ref, path.parent) if ref else Path(arm.source)
-            assert source.parent.is_relative_to(recipes_root()), (name, cell.label)
-            recipe = read_yaml(source)["distill"]
+            source = recipe_file(ref, path.parent) if ref else Path(arm.source)
+            assert source.resolve().is_relative_to(RECIPES.resolve()), (name, cell.label)
+            raw_recipe = read_yaml(source)["distill"]
+            sets = spec.conditions[cell.condition].set if cell.condition else {}
+            for dotted, value in sets.items():  # a condition's declared views
+                raw_recipe.setdefault("views", {})[dotted.split(".")[-1]] = value
+            # both sides validated, so defaults written out or left out compare equal
+            recipe = validate(DistillConfig, raw_recipe).model_dump(mode="json")
             pair = next(p for p in spec.pairs if p.label == cell.pair)
             declared: dict[str, set[str]] = {}
             for changes in (pair.taps, {} if isinstance(entry, str) or not entry else entry.terms):
@@ -113,24 +123,21 @@ def test_every_shipped_cell_is_its_recipe() -> None:
                 for key in set(mine) | set(theirs):
                     if key not in changed:
                         assert mine.get(key) == theirs.get(key), (name, cell.label, key)
-            sets = spec.conditions[cell.condition].set if cell.condition else {}
-            views = {**recipe.get("views", {})}
-            for dotted, value in sets.items():
-                views[dotted.split(".")[-1]] = value
-            assert got["views"] == views, (name, cell.label)
-            assert got["stages"] == recipe.get("stages"), (name, cell.label)
+            assert got["views"] == recipe["views"], (name, cell.label)
+            assert got["stages"] == recipe["stages"], (name, cell.label)
             checked += 1
     assert checked > 98  # cifar100 alone has 7 pairs x 14 methods
 
 
-def test_cifar100_restates_nothing() -> None:
-    raw = read_yaml(protocol_path("cifar100"))
+@pytest.mark.parametrize(("name", "n"), [("cifar100", 14), ("imagenet", 12)])
+def test_reference_protocols_restate_nothing(name: str, n: int) -> None:
+    raw = read_yaml(protocol_path(name))
     assert "methods" not in raw and all("taps" not in p for p in raw["pairs"])
-    proto = load_protocol("cifar100")
+    proto = load_protocol(name)
     for pair, arms in proto.arms.items():
-        assert len(arms) == 14, pair
-        for name, arm in arms.items():
-            assert Path(arm.source) == recipes_root() / "cifar100" / pair / f"{name}.yaml"
+        assert len(arms) == n, pair
+        for method, arm in arms.items():
+            assert Path(arm.source) == RECIPES / name / pair / f"{method}.yaml"
             assert arm.distill == read_yaml(arm.source)["distill"]
 
 
@@ -148,7 +155,7 @@ def test_protocol_errors_name_the_problem(tmp_path: Path) -> None:
         load_protocol(write_protocol(tmp_path / "p.yaml", methods={"vanilla": "my_kd.yaml"}))
     with pytest.raises(ConfigError, match="unknown key 'protocol q.yaml.epoch'.*'epochs'"):
         load_protocol(write_protocol(tmp_path / "q.yaml", epoch=3))
-    with pytest.raises(ConfigError, match="unknown recipe 'digits/kdd'.*'digits/kd'"):
+    with pytest.raises(ConfigError, match="method 'kd': no recipe 'digits/kdd'.*'digits/kd'"):
         load_protocol(write_protocol(tmp_path / "r.yaml", methods={"kd": "digits/kdd"}))
     with pytest.raises(ConfigError, match="no term 'jacobain'; did you mean 'jacobian'"):
         load_protocol(
@@ -168,7 +175,7 @@ def test_an_arm_is_its_recipes_distill_section(tmp_path: Path) -> None:
     recipe.write_text(yaml.safe_dump(data))
     proto = load_protocol(write_protocol(tmp_path / "p.yaml", methods={"mine": "mine.yaml"}))
     run = [r for r in expand(proto, tmp_path) if r.method == "mine"][0]
-    assert run.cfg.distill.terms == [{"method": "kd", "T": 2.0}]
+    assert _terms(run.cfg) == [{"method": "kd", "T": 2.0}]
     assert run.cfg.train.epochs == 1  # the protocol's schedule, not the recipe's
 
 
@@ -195,7 +202,7 @@ def test_arm_changes_pair_taps_and_renamed_student_taps(tmp_path: Path) -> None:
     terms = proto.arms["cnn_medium-resnet8"]["j"].distill["terms"]
     assert [t["method"] for t in terms] == ["ce", "jacobian"] and terms[1]["weight"] == 3.0
     runs = {r.method: r for r in expand(proto, tmp_path) if r.seed == 0}
-    assert runs["j"].cfg.distill.terms[0] == {"method": "ce", "weight": 0.5}
+    assert _terms(runs["j"].cfg)[0] == {"method": "ce", "weight": 0.5}
     at = load_protocol("demo", methods=["at"], pairs=["cnn_medium-resnet8"])
     cell = [r for r in expand(at, tmp_path) if r.method == "at"][0]
     assert cell.cfg.distill.terms[1]["student"] == ["layer1.0", "layer2.0"]  # from stages.0/1
@@ -259,8 +266,9 @@ def test_shared_teacher_conditions_and_baselines(tmp_path: Path) -> None:
     cqd = expand(load_protocol("cqd", seeds=[0], conditions=["blur1"]), tmp_path)
     base = next(r for r in cqd if r.kind == BASELINE)
     assert base.method == "labels only" and base.cfg.teacher is None
-    assert base.cfg.distill.terms == [{"method": "ce", "student_view": "degraded", "weight": 1.0}]
-    assert base.cfg.distill.views == {"degraded": {"type": "gaussian_blur", "sigma": 1.0}}
+    assert _terms(base.cfg) == [{"method": "ce", "student_view": "degraded", "weight": 1.0}]
+    views = base.cfg.distill.model_dump(mode="json")["views"]
+    assert views == {"degraded": {"type": "gaussian_blur", "sigma": 1.0}}
     omni = expand(load_protocol("omni", seeds=[2]), tmp_path)
     teacher, supervised, dd = omni
     assert supervised.kind == BASELINE and supervised.run_dir == teacher.run_dir

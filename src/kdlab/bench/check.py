@@ -10,22 +10,19 @@ Distiller with its shape probe (taps, adapters), and the stages.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from kdlab.bench.hooks import PRE_STEPS, bind_hook
-from kdlab.bench.protocol import Protocol, RunSpec
+from kdlab.bench.protocol import Protocol, RunSpec, matrix_error, one_line
 from kdlab.bench.run import Bundles
 from kdlab.config import RunConfig
 from kdlab.data import DataBundle
 from kdlab.distiller import Distiller
 from kdlab.engine import load_model
 from kdlab.engine.stages import resolve_stages
-from kdlab.errors import ConfigError, KdlabError
+from kdlab.errors import KdlabError
 from kdlab.methods import build_terms
 from kdlab.models import create_model
 from kdlab.views import build_views
-
-MAX_SHOWN = 12
 
 
 def probe(cfg: RunConfig, bundle: DataBundle, teacher_trained_by_bench: bool) -> None:
@@ -41,7 +38,7 @@ def probe(cfg: RunConfig, bundle: DataBundle, teacher_trained_by_bench: bool) ->
             teacher = create_model(t.name, nc, ch, **t.kwargs)
         else:
             teacher = load_model(t.name, t.kwargs, t.checkpoint, nc, ch)
-    distiller = Distiller(student, teacher, terms, views, example_input=bundle.train.x[:2])
+    distiller = Distiller(student, teacher, terms, views, example_input=bundle.train.example(2))
     resolve_stages(cfg, distiller)
 
 
@@ -64,8 +61,8 @@ def check_cell(spec: RunSpec, bundles: Bundles) -> None:
 
 
 def check_matrix(proto: Protocol, runs: list[RunSpec], bundles: Bundles) -> None:
-    """Raise one ConfigError listing every cell that would fail, one line each."""
-    failed: dict[str, str] = {}  # shape key -> first line of its error
+    """Raise one ConfigError listing every cell that would fail, one line per reason."""
+    failed: dict[str, str] = {}  # shape key -> why
     checked: set[str] = set()
     for spec in runs:
         key = _shape_key(spec)
@@ -75,25 +72,7 @@ def check_matrix(proto: Protocol, runs: list[RunSpec], bundles: Bundles) -> None
         try:
             check_cell(spec, bundles)
         except KdlabError as err:
-            failed[key] = _one_line(err)
-    if not failed:
-        return
-    cells: dict[str, list[str]] = {}  # message -> every cell that fails with it
-    for spec in runs:
-        key = _shape_key(spec)
-        if key in failed:
-            cells.setdefault(failed[key], []).append(spec.label)
-    lines = []
-    for message, labels in list(cells.items())[:MAX_SHOWN]:
-        more = f" (and {len(labels) - 1} more cells)" if len(labels) > 1 else ""
-        lines.append(f"  {labels[0]}{more}: {message}")
-    n = sum(len(c) for c in cells.values())
-    raise ConfigError(
-        f"protocol {proto.name!r}: {n} of {len(runs)} cells would fail, nothing was trained:\n"
-        + "\n".join(lines)
-    )
-
-
-def _one_line(err: Any) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+            failed[key] = one_line(err)
+    cells = [(r.label, failed[k]) for r in runs if (k := _shape_key(r)) in failed]
+    if cells:
+        raise matrix_error(proto.name, cells, len(runs))

@@ -38,8 +38,8 @@ path is a user-defined one. Format::
 
 A protocol never restates a recipe: an arm takes the named recipe's ``distill`` section
 (terms, views, stages); models, data and schedule are the protocol's. Recipe names
-resolve under the shipped recipes (:mod:`kdlab.bench.recipes`); paths ending in
-``.yaml`` are looked up next to the protocol, then in the current folder. The baseline
+resolve under the shipped recipes (:mod:`kdlab.recipes`); a file or folder next to the
+protocol file wins, then the current folder. The baseline
 (``vanilla``: the student alone, cross-entropy only, unless ``baseline`` says otherwise)
 is always part of the matrix: every gain is measured against it, seed by seed.
 """
@@ -57,15 +57,24 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from kdlab.bench.recipes import recipe_folder, recipe_path
-from kdlab.config import ModelConfig, RunConfig, Strict, apply_overrides, read_yaml, validate
-from kdlab.errors import ConfigError, did_you_mean
+from kdlab import recipes
+from kdlab.config import (
+    ModelConfig,
+    RunConfig,
+    Strict,
+    apply_overrides,
+    read_yaml,
+    set_dotted,
+    validate,
+)
+from kdlab.errors import ConfigError, KdlabError, did_you_mean
 
 VANILLA = "vanilla"
 TEACHER = "teacher"
 BASELINE = "baseline"
 METHOD = "method"
 CE_ONLY: dict[str, Any] = {"terms": [{"method": "ce"}]}
+MAX_SHOWN = 12  # distinct reasons shown when cells fail
 
 
 class PairSpec(Strict):
@@ -268,9 +277,24 @@ def protocol_path(name_or_path: str | Path) -> Path:
     return Path(str(resources.files("kdlab.bench") / "protocols" / f"{name_or_path}.yaml"))
 
 
+def recipe_file(ref: str, base_dir: Path) -> Path:
+    """A recipe named by a protocol: a file next to the protocol, or :func:`recipes.find`
+    (a path from the current folder, or a shipped name such as ``digits/kd``)."""
+    near = base_dir / ref
+    return near if near.is_file() else recipes.find(ref)
+
+
+def recipe_folder(ref: str, base_dir: Path) -> Path:
+    near = base_dir / ref
+    return near if near.is_dir() else recipes.folder(ref)
+
+
 def _distill_of(ref: str, base_dir: Path, where: str) -> tuple[dict[str, Any], str, bool]:
     """A recipe's distill section, its file, and whether it names a teacher."""
-    path = recipe_path(ref, base_dir)
+    try:
+        path = recipe_file(ref, base_dir)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
     data = read_yaml(path)
     distill = data.get("distill")
     if not isinstance(distill, dict) or not distill.get("terms"):
@@ -434,9 +458,9 @@ def _run_config(
 ) -> RunConfig:
     data = copy.deepcopy(base)
     data.update(name=name, seed=seed, student=student.model_dump(mode="json"), **extra)
-    if sets:  # a condition's dotted overrides (JSON values are YAML)
-        data = apply_overrides(data, [f"{k}={json.dumps(v)}" for k, v in sets.items()])
-    return validate(RunConfig, data, where=f"run {name}")
+    for key, value in (sets or {}).items():  # a condition's dotted changes
+        set_dotted(data, key, copy.deepcopy(value), what="condition key")
+    return validate(RunConfig, data)
 
 
 def _distill_for(arm: Arm, pair: PairSpec) -> dict[str, Any]:
@@ -468,69 +492,107 @@ def expand(proto: Protocol, out: Path, overrides: list[str] | None = None) -> li
         teacher_base = apply_overrides(teacher_base, overrides)
     conditions = spec.conditions or {"": ConditionSpec()}
     runs: list[RunSpec] = []
-    teachers: dict[tuple[str, int], RunSpec] = {}
+    failed: list[tuple[str, str]] = []  # (cell, why): every bad cell, not only the first
+
+    def add(label: str, make: Any, *args: Any) -> RunSpec | None:
+        try:
+            run = make(proto, out, *args)
+        except KdlabError as err:
+            failed.append((label, one_line(err)))
+            return None
+        runs.append(run)
+        return run
+
+    teachers: dict[tuple[str, int], RunSpec | None] = {}
     for seed in spec.seeds:
         for pair in spec.pairs:
             t_seed = seed if spec.teacher_seed is None else spec.teacher_seed
-            teacher = teachers.get((pair.label, t_seed))
+            tkey = (pair.label, t_seed)
+            if tkey not in teachers and pair.teacher.checkpoint is None:
+                label = f"{pair.label}/{TEACHER}/seed{t_seed}"
+                teachers[tkey] = add(label, _teacher, pair, t_seed, teacher_base)
+            teacher = teachers.get(tkey)
             if teacher is None and pair.teacher.checkpoint is None:
-                tmodel = ModelConfig(name=pair.teacher.name, kwargs=pair.teacher.kwargs)
-                tcfg = _run_config(
-                    teacher_base,
-                    f"{pair.label}-teacher-seed{t_seed}",
-                    t_seed,
-                    tmodel,
-                    distill=proto.teacher_distill,
-                )
-                key = cell_key(tcfg, spec.teacher_data, [], None)
-                tdir = out / "teachers" / f"{pair.teacher.name}-seed{t_seed}-{key}"
-                teacher = RunSpec(
-                    TEACHER,
-                    pair.label,
-                    TEACHER,
-                    t_seed,
-                    tcfg,
-                    tdir,
-                    data=spec.teacher_data,
-                    key=key,
-                )
-                teachers[(pair.label, t_seed)] = teacher
-                runs.append(teacher)
-            tmodel = pair.teacher
-            if teacher is not None:
-                tmodel = pair.teacher.model_copy(update={"checkpoint": str(teacher.run_dir)})
+                continue  # its teacher's recipe is bad: reported
             for cond_key, cond in conditions.items():
-                data_hooks = [*spec.data, *cond.data]
-                runs.append(_baseline(proto, out, pair, (cond_key, cond), seed, teacher, base))
+                where = f"{pair.label}/{cond_key}/" if cond_key else f"{pair.label}/"
+                cond_ = (cond_key, cond)
+                label = f"{where}{proto.baseline_name}/seed{seed}"
+                add(label, _baseline, pair, cond_, seed, teacher, base)
                 for method, arm in proto.arms[pair.label].items():
-                    name = "-".join(filter(None, [pair.label, cond_key, method, f"seed{seed}"]))
-                    mcfg = _run_config(
-                        base,
-                        name,
-                        seed,
-                        pair.student,
-                        cond.set,
-                        teacher=tmodel.model_dump(mode="json") if arm.teacher else None,
-                        distill=_distill_for(arm, pair),
-                    )
-                    reads = teacher if arm.teacher or arm.pre else None  # its teacher, if any
-                    key = cell_key(mcfg, data_hooks, arm.pre, reads)
-                    runs.append(
-                        RunSpec(
-                            METHOD,
-                            pair.label,
-                            method,
-                            seed,
-                            mcfg,
-                            _run_dir(out, pair.label, cond_key, method, seed, key),
-                            cond_key,
-                            data_hooks,
-                            arm.pre,
-                            reads,
-                            key,
-                        )
-                    )
+                    label = f"{where}{method}/seed{seed}"
+                    add(label, _method, pair, cond_, (method, arm), seed, teacher, base)
+    if failed:
+        raise matrix_error(proto.name, failed, len(failed) + len(runs))
     return runs
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def matrix_error(name: str, failed: list[tuple[str, str]], total: int) -> ConfigError:
+    """One error for every cell that would fail: one line per distinct reason."""
+    cells: dict[str, list[str]] = {}  # why -> the cells that fail so
+    for label, why in failed:
+        cells.setdefault(why, []).append(label)
+    lines = []
+    for why, labels in list(cells.items())[:MAX_SHOWN]:
+        more = f" (and {len(labels) - 1} more cells)" if len(labels) > 1 else ""
+        lines.append(f"  {labels[0]}{more}: {why}")
+    if len(cells) > MAX_SHOWN:
+        lines.append(f"  ... and {len(cells) - MAX_SHOWN} more reasons")
+    return ConfigError(
+        f"protocol {name!r}: {len(failed)} of {total} cells would fail, nothing was trained:\n"
+        + "\n".join(lines)
+    )
+
+
+def _teacher(
+    proto: Protocol, out: Path, pair: PairSpec, seed: int, base: dict[str, Any]
+) -> RunSpec:
+    model = ModelConfig(name=pair.teacher.name, kwargs=pair.teacher.kwargs)
+    name = f"{pair.label}-teacher-seed{seed}"
+    cfg = _run_config(base, name, seed, model, distill=proto.teacher_distill)
+    key = cell_key(cfg, proto.spec.teacher_data, [], None)
+    run_dir = out / "teachers" / f"{pair.teacher.name}-seed{seed}-{key}"
+    return RunSpec(
+        TEACHER, pair.label, TEACHER, seed, cfg, run_dir, data=proto.spec.teacher_data, key=key
+    )
+
+
+def _method(
+    proto: Protocol,
+    out: Path,
+    pair: PairSpec,
+    condition: tuple[str, ConditionSpec],
+    arm: tuple[str, Arm],
+    seed: int,
+    teacher: RunSpec | None,
+    base: dict[str, Any],
+) -> RunSpec:
+    (cond_key, cond), (method, spec) = condition, arm
+    tmodel = pair.teacher
+    if teacher is not None:
+        tmodel = pair.teacher.model_copy(update={"checkpoint": str(teacher.run_dir)})
+    name = "-".join(filter(None, [pair.label, cond_key, method, f"seed{seed}"]))
+    cfg = _run_config(
+        base,
+        name,
+        seed,
+        pair.student,
+        cond.set,
+        teacher=tmodel.model_dump(mode="json") if spec.teacher else None,
+        distill=_distill_for(spec, pair),
+    )
+    data = [*proto.spec.data, *cond.data]
+    reads = teacher if spec.teacher or spec.pre else None  # its teacher, if any
+    key = cell_key(cfg, data, spec.pre, reads)
+    run_dir = _run_dir(out, pair.label, cond_key, method, seed, key)
+    return RunSpec(
+        METHOD, pair.label, method, seed, cfg, run_dir, cond_key, data, spec.pre, reads, key
+    )
 
 
 def _baseline(

@@ -23,9 +23,9 @@ from kdlab.bench.protocol import METHOD, Protocol, RunSpec, expand
 from kdlab.config import RunConfig
 from kdlab.data import DataBundle, build_dataset
 from kdlab.engine import evaluate, load_model, train
+from kdlab.engine.handlers import ReportProgress
+from kdlab.rundir import RunDir
 
-RESULTS = "results.json"
-ERROR = "error.txt"
 BENCH_INFO = ".bench.json"  # beside a run folder: the cell, its hooks, pre-step facts
 
 
@@ -41,8 +41,8 @@ class RunRecord:
 
 
 def is_done(run_dir: Path) -> bool:
-    """A run is finished once the engine wrote its results.json (the last file it writes)."""
-    return (Path(run_dir) / RESULTS).is_file()
+    """A run is finished once the engine wrote its results (the last file it writes)."""
+    return RunDir(run_dir).is_done()
 
 
 def bench_info_path(run_dir: Path) -> Path:
@@ -60,17 +60,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def read_record(spec: RunSpec, trained_now: bool = False) -> RunRecord:
-    results = json.loads((spec.run_dir / RESULTS).read_text())
-    metrics = []
-    mpath = spec.run_dir / "metrics.jsonl"
-    if mpath.is_file():
-        for line in mpath.read_text().splitlines():
-            try:
-                metrics.append(json.loads(line))
-            except ValueError:
-                continue  # a line cut by a kill
+    rd = RunDir(spec.run_dir)
     info = _read_json(bench_info_path(spec.run_dir)).get("pre_step", {})
-    return RunRecord(spec, results, metrics, trained_now, info)
+    return RunRecord(spec, rd.read_results(), rd.read_metrics(), trained_now, info)
 
 
 # ---------------------------------------------------------------- data
@@ -212,8 +204,7 @@ def run_matrix(
                 if not keep_going:
                     raise
                 message = f"{type(err).__name__}: {err}"
-                spec.run_dir.mkdir(parents=True, exist_ok=True)
-                (spec.run_dir / ERROR).write_text(traceback.format_exc())
+                RunDir(spec.run_dir).write_error(traceback.format_exc())
                 failed[spec.run_dir] = message
                 failures.append((spec, message))
                 tqdm.write(f"kdlab bench: {spec.label} failed ({message.splitlines()[0]})")
@@ -240,11 +231,14 @@ def _train_run(
             last[0] = now
             bar.set_postfix_str(f"{stage} {it}/{total}", refresh=True)
 
-    resume = spec.run_dir.exists()
+    rd = RunDir(spec.run_dir)
+    # The folder is named by the run's cache key: what it holds is this very run, killed
+    # before its results (resumed from its last checkpoint, or restarted without one).
+    resume = rd.holds_run()
     if log is not None:
         log(f"{'resuming' if resume else 'training'} {spec.label} in {spec.run_dir}")
-    train(cfg, run_dir=spec.run_dir, resume=resume, progress=on_step, bundle=bundle)
-    (spec.run_dir / ERROR).unlink(missing_ok=True)
+    train(cfg, rd, resume=resume, bundle=bundle, handlers=[ReportProgress(on_step)])
+    rd.clear_error()
     bench_info = {
         "cell": spec.label,
         "key": spec.key,

@@ -36,13 +36,13 @@ class TensorSplit:
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int]:
         return self.x[i], self.y[i], i
 
+    def example(self, n: int) -> Tensor:
+        """The first ``n`` inputs (shape probes); every kind of split offers this."""
+        return self.x[:n]
+
     def subset(self, idx: Tensor | np.ndarray) -> TensorSplit:
         idx_t = torch.as_tensor(np.asarray(idx), dtype=torch.long)
         return TensorSplit(self.x[idx_t], self.y[idx_t])
-
-    def example(self, n: int) -> Tensor:
-        """The first ``n`` inputs (shape probes)."""
-        return self.x[:n]
 
 
 class Split(Protocol):

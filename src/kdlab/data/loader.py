@@ -3,7 +3,8 @@
 Each epoch's order is a function of ``(seed, epoch)`` only, so a resumed run sees
 exactly the batches an uninterrupted one would. With ``world_size > 1`` each rank takes
 its own share of the same permutation (what ``DistributedSampler`` does: padded by
-wrapping around to a multiple of ``world_size``, then every ``world_size``-th index).
+wrapping around to a multiple of ``world_size``, then every ``world_size``-th index); training
+loaders pad, evaluation loaders do not (each sample is scored exactly once over the ranks).
 
 In-memory splits (:class:`~kdlab.data.base.TensorSplit`) get a :class:`TensorLoader`
 (no worker processes, no per-sample Python); any other split builds its own loader
@@ -27,9 +28,17 @@ Batch = tuple[Tensor, Tensor, Tensor]
 
 
 def epoch_order(
-    n: int, shuffle: bool, seed: int, epoch: int, rank: int = 0, world_size: int = 1
+    n: int,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world_size: int = 1,
+    pad: bool = True,
 ) -> Tensor:
-    """The sample indices this rank visits in ``epoch``, in order."""
+    """The sample indices this rank visits in ``epoch``, in order. ``pad`` wraps the order
+    around so every rank gets as many samples (training); without it each sample is
+    visited once over the ranks (evaluation)."""
     if shuffle:
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         order = torch.randperm(n, generator=g)
@@ -37,16 +46,19 @@ def epoch_order(
         order = torch.arange(n)
     if world_size > 1:
         per_rank = math.ceil(n / world_size)
-        pad = per_rank * world_size - n
-        if pad:
-            order = torch.cat([order, order[:pad]])
+        missing = per_rank * world_size - n
+        if missing and pad:
+            order = torch.cat([order, order[:missing]])
         order = order[rank::world_size]
     return order
 
 
-def batches_per_epoch(n: int, batch_size: int, drop_last: bool, world_size: int = 1) -> int:
+def batches_per_epoch(
+    n: int, batch_size: int, drop_last: bool, world_size: int = 1, rank: int = 0, pad: bool = True
+) -> int:
+    """``len()`` of a loader over ``n`` samples on ``rank`` (see :func:`epoch_order`)."""
     if world_size > 1:
-        n = math.ceil(n / world_size)
+        n = math.ceil((n if pad else n - rank) / world_size)
     return n // batch_size if drop_last else math.ceil(n / batch_size)
 
 
@@ -63,8 +75,10 @@ class TensorLoader:
         rank: int = 0,
         world_size: int = 1,
         device: torch.device | str | None = None,
+        pad: bool = True,
     ) -> None:
         self.split = split
+        self.pad = pad
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
@@ -82,11 +96,14 @@ class TensorLoader:
 
     def _indices(self) -> Tensor:
         return epoch_order(
-            len(self.split), self.shuffle, self.seed, self.epoch, self.rank, self.world_size
+            len(self.split), self.shuffle, self.seed, self.epoch, self.rank, self.world_size,
+            pad=self.pad,
         )
 
     def __len__(self) -> int:
-        return batches_per_epoch(len(self.split), self.batch_size, self.drop_last, self.world_size)
+        return batches_per_epoch(
+            len(self.split), self.batch_size, self.drop_last, self.world_size, self.rank, self.pad
+        )
 
     def __iter__(self) -> Iterator[Batch]:
         order = self._indices()
@@ -108,15 +125,18 @@ def make_loader(
     device: torch.device | str | None = None,
     **opts: Any,
 ) -> Any:
-    """The loader for ``split``: training loaders shuffle and drop the last partial batch
-    (when there is more than one), evaluation loaders keep every sample in order.
+    """The loader for ``split``: training loaders shuffle, pad over ranks and drop the last
+    partial batch (when there is more than one); evaluation loaders keep every sample once,
+    in order.
 
     ``opts`` go to streaming loaders (``workers``, ``prefetch``, ``pin_memory``); an
     in-memory split has nothing to tune and ignores them.
     """
     drop_last = train and len(split) > batch_size * max(world_size, 1)
     if isinstance(split, TensorSplit):
-        return TensorLoader(split, batch_size, train, drop_last, seed, rank, world_size, device)
+        return TensorLoader(
+            split, batch_size, train, drop_last, seed, rank, world_size, device, pad=train
+        )
     return split.loader(
         batch_size,
         train=train,

@@ -233,8 +233,9 @@ class _EpochKeys:
         self.start = 0
 
     def total(self) -> int:
+        spec = self.spec  # evaluation loaders score each sample once over the ranks
         return batches_per_epoch(
-            self.n, self.spec.batch_size, self.spec.drop_last, self.spec.world_size
+            self.n, spec.batch_size, spec.drop_last, spec.world_size, spec.rank, pad=spec.train
         )
 
     def __len__(self) -> int:
@@ -242,7 +243,9 @@ class _EpochKeys:
 
     def __iter__(self) -> Iterator[list[Key]]:
         spec = self.spec  # training loaders shuffle
-        order = epoch_order(self.n, spec.train, spec.seed, self.epoch, spec.rank, spec.world_size)
+        order = epoch_order(
+            self.n, spec.train, spec.seed, self.epoch, spec.rank, spec.world_size, pad=spec.train
+        )
         b = spec.batch_size
         for k in range(self.start, self.total()):
             idx = order[k * b : (k + 1) * b].tolist()

@@ -8,8 +8,8 @@ import dataclasses
 
 from kdlab.bench.hooks.base import DATA_HOOKS, HookContext
 from kdlab.data import DataBundle, TensorSplit
-from kdlab.degrade import degrade_tensor
 from kdlab.errors import ConfigError, did_you_mean
+from kdlab.views.degrade import degrade_tensor
 
 
 @DATA_HOOKS.register("degrade_eval")

@@ -8,6 +8,7 @@ first checkpoint) is tested every time. tests/test_crash.py does the same with S
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from kdlab.config import load_config
 from kdlab.data import build_dataset
 from kdlab.engine import checkpoint as ckpt
 from kdlab.engine import train
+from kdlab.engine.handlers import ReportProgress
 from kdlab.errors import CheckpointError
 
 RECIPE: dict[str, Any] = {
@@ -58,7 +60,13 @@ def _run(run_dir: Path, bundle: Any, resume: bool = False, kill_at: tuple | None
 
     cfg = load_config(RECIPE)
     try:
-        train(cfg, run_dir=run_dir, resume=resume, progress=progress, bundle=bundle)
+        train(
+            cfg,
+            run_dir=run_dir,
+            resume=resume,
+            bundle=bundle,
+            handlers=[ReportProgress(progress)],
+        )
     except Killed:
         pass
 
@@ -217,3 +225,12 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path: Path, monkeypatch: An
         ckpt.atomic_write_text(target, "new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temp file left
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        ckpt.atomic_write_text(tmp_path / "a.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644

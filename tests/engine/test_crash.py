@@ -28,7 +28,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 TRIALS = 4  # each with KILLS kills, then a resumed run that finishes
 KILLS = 2
 SEED = 20261128

@@ -1,4 +1,5 @@
-"""Numerical faults: a non-finite loss or weight stops the run, naming the term and the
+"""Numerical faults: a non-finite loss or weight stops the run (at the next check: every
+``train.log_every`` steps, epoch end, checkpoint), naming the term and the first bad
 step, and the last good checkpoint stays loadable; gradient clipping bounds the norm."""
 
 from __future__ import annotations
@@ -100,8 +101,8 @@ def test_nan_loss_names_term_and_step_and_keeps_last_good_checkpoint(
         train(cfg, run_dir=tmp_path, bundle=bundle)
     msg = str(info.value)
     assert "'_test_nan_at'" in msg and "'ce'" not in msg  # the culprit, not the healthy term
-    assert "iteration 7" in msg and "epoch 2" in msg
-    # Checkpoints at 3, 5 (epoch end) and 6 were written; nothing after the NaN.
+    assert "loss '_test_nan_at' is not finite (first at iteration 7)" in msg and "epoch 2" in msg
+    # Checkpoints at 3, 5 (epoch end) and 6 were written; the one at 9 was refused.
     loaded = ckpt.load_latest_checkpoint(tmp_path / "checkpoints", warn=pytest.fail)
     assert loaded is not None
     weights, state = loaded
@@ -118,9 +119,12 @@ def test_finite_loss_with_nan_gradient_is_not_checkpointed(tmp_path: Path, bundl
     assert state["iteration"] == 3
 
 
-def test_nan_gradient_with_clipping_stops_at_that_step(tmp_path: Path, bundle: Any) -> None:
+def test_nan_gradient_with_clipping_is_named_and_never_checkpointed(
+    tmp_path: Path, bundle: Any
+) -> None:
     cfg = _cfg(distill__terms=[{"method": "_test_nan_grad_at", "at": 4}], train__grad_clip=1.0)
-    with pytest.raises(NumericalError, match=r"iteration 4: the gradient norm is nan"):
+    match = r"epoch 1: the gradient norm is not finite \(first at iteration 4\)"
+    with pytest.raises(NumericalError, match=match):
         train(cfg, run_dir=tmp_path, bundle=bundle)
     _, state = ckpt.load_latest_checkpoint(tmp_path / "checkpoints", warn=pytest.fail)
     assert state["iteration"] == 3

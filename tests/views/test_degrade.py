@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kdlab.degrade as dg
+import kdlab.views.degrade as dg
 from kdlab.errors import ConfigError
 from kdlab.functional.cqd import soft_cross_entropy
 from kdlab.views import VIEWS, build_views

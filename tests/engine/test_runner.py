@@ -12,6 +12,7 @@ import torch
 from kdlab.config import load_config
 from kdlab.engine import train
 from kdlab.engine.checkpoint import load_weights
+from kdlab.engine.handlers import ReportProgress
 
 
 class Interrupt(Exception):
@@ -69,7 +70,7 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path: Path, stop_at: i
 
     cfg = load_config(recipe(tmp_path, "cut", **over))
     with pytest.raises(Interrupt):
-        train(cfg, progress=boom)
+        train(cfg, handlers=[ReportProgress(boom)])
     resumed = train(cfg, resume=True)
     wa = load_weights(Path(full.run_dir) / "last.safetensors")
     wb = load_weights(Path(resumed.run_dir) / "last.safetensors")
@@ -110,15 +111,15 @@ def test_prestage_trains_only_what_it_names(tmp_path: Path, digits_teacher: Path
     from kdlab.engine import Trainer  # noqa: PLC0415
 
     trainer = Trainer(cfg)
-    trainer.run_dir.mkdir(parents=True)
+    trainer.run_dir.create()
     before = {k: v.clone() for k, v in trainer.distiller.student.state_dict().items()}
     assert [s.name for s in trainer.stages] == ["head", "main"]
-    trainer._run_stage(0, trainer.stages[0], None)
+    trainer.run_stage(0, trainer.stages[0], None)
     after = trainer.distiller.student.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(
         k.startswith("fc.") or "running" in k or "num_batches" in k for k in changed
     )
     assert any(k.startswith("fc.") for k in changed)
-    rows = [json.loads(x) for x in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = trainer.run_dir.read_metrics()
     assert rows[-1]["stage"] == "head" and "train_kd" in rows[-1] and "train_ce" not in rows[-1]

@@ -27,7 +27,7 @@ from kdlab.engine import distributed as dist
 from kdlab.engine import train
 from kdlab.errors import ConfigError
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 TOL = 1e-4
 
 
@@ -54,6 +54,7 @@ def recipe(out: Path) -> dict:
             "progress": False,
             "device": "cpu",
             "threads": 1,
+            "precision": "fp32",  # bf16 would round differently on half batches
         },
     }
 

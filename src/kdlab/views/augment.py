@@ -1,10 +1,18 @@
-"""Batched augmentation that runs on the training device (no per-sample Python)."""
+"""Training augmentation, batched on the training device (no per-sample Python).
+
+``data.augment`` (``crop_padding``, ``hflip``) runs :func:`augment` on every training
+batch; the same ops are views (``random_crop``, ``random_hflip``) for recipes that want
+them on one model's input only.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from kdlab.errors import ConfigError
+from kdlab.views.base import VIEWS, ViewFn
 
 
 def random_crop(x: Tensor, padding: int, generator: torch.Generator | None = None) -> Tensor:
@@ -38,3 +46,17 @@ def augment(
     if hflip:
         x = random_hflip(x, generator)
     return x
+
+
+@VIEWS.register("random_crop")
+def random_crop_view(padding: int = 4) -> ViewFn:
+    """Zero-pad by ``padding`` and crop back at a random offset per sample."""
+    if not isinstance(padding, int) or padding < 0:
+        raise ConfigError(f"random_crop: padding must be an integer >= 0, got {padding!r}")
+    return lambda x: random_crop(x, padding)
+
+
+@VIEWS.register("random_hflip")
+def random_hflip_view() -> ViewFn:
+    """Flip each sample left-right with probability 1/2."""
+    return random_hflip

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from kdlab.config import load_config
 from kdlab.distiller import Distiller
 from kdlab.engine import train
-from kdlab.engine.runner import _seed_step
+from kdlab.engine.step import seed_step
 from kdlab.errors import ConfigError, TapError
 from kdlab.methods import StepContext, Term, TermParams
 from kdlab.models import create_model
@@ -88,7 +88,7 @@ def test_teacher_features_are_constants_with_version_checks() -> None:
 def test_step_seeding_matches_torch_manual_seed() -> None:
     torch.manual_seed(1234)
     a = torch.rand(5)
-    _seed_step(1234, torch.device("cpu"))
+    seed_step(1234, torch.device("cpu"))
     b = torch.rand(5)
     assert torch.equal(a, b)
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdlab.errors import ConfigError
-from kdlab.views import VIEWS, ViewFn
+from kdlab.views.base import VIEWS, ViewFn, build_view
 
 
 def _check_4d(x: Tensor, what: str) -> None:
@@ -116,9 +116,7 @@ def grayscale(x: Tensor) -> Tensor:
     return x.mean(dim=1, keepdim=True).expand_as(x).contiguous()
 
 
-def quantize(
-    x: Tensor, levels: int, low: float | None = None, high: float | None = None
-) -> Tensor:
+def quantize(x: Tensor, levels: int, low: float | None = None, high: float | None = None) -> Tensor:
     """Round to ``levels`` evenly spaced values spanning ``[low, high]``.
 
     Without ``low``/``high`` each image uses its own min and max, so a batch of
@@ -197,18 +195,6 @@ def degrade_view(steps: Sequence[Mapping[str, Any]] = ()) -> ViewFn:
         return x
 
     return fn
-
-
-def build_view(spec: Mapping[str, Any], where: str = "view") -> ViewFn:
-    """One view function from ``{type: ..., **params}``."""
-    if not isinstance(spec, Mapping) or "type" not in spec:
-        raise ConfigError(f"{where} must be a mapping with a 'type' key, got {spec!r}")
-    params = {k: v for k, v in spec.items() if k != "type"}
-    factory = VIEWS.get(str(spec["type"]))
-    try:
-        return factory(**params)
-    except TypeError as err:
-        raise ConfigError(f"{where} ({spec['type']}): {err}") from None
 
 
 @torch.no_grad()
