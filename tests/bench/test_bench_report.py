@@ -123,12 +123,14 @@ def test_scores_follow_the_selection_metric(tmp_path: Path) -> None:
     new = {"select": "recall@1", "test_score_best": 70.0, "test_score_last": 68.0}
     assert scores({**new, "val_score": 75.0}) == ("recall@1", 70.0, 68.0, 75.0)
     assert scores({"test_acc_best": 90.0, "test_acc_last": 89.0}) == ("acc1", 90.0, 89.0, None)
-    proto = _protocol(tmp_path)
+    proto = _protocol(tmp_path, extra_metrics=["recall@5"])
     pair = proto.spec.pairs[0].label
     recs = [_record(pair, "vanilla", BASELINE, 0, 0, 0), _record(pair, "kd", METHOD, 0, 0, 0)]
-    recs[0].results = {**new, "test_score_best": 60.0}
-    recs[1].results = dict(new)
+    recs[0].results = {**new, "test_score_best": 60.0, "test_best": {"recall@5": 90.0}}
+    recs[1].results = {**new, "test_best": {"recall@1": 70.0, "recall@5": 93.5}}
     rows = run_rows(recs, proto)
     assert [r["gain_best"] for r in rows] == ["", 10.0]
+    assert [r["test_recall@5_best"] for r in rows] == [90.0, 93.5]
     table = summary_tables(proto, rows)
-    assert "test recall@1, best-val epoch" in table
+    assert "| test recall@1, best-val epoch | test recall@1, last epoch | test recall@5" in table
+    assert _cells(table, "kd")[:5] == ["kd", "1", "70.00 +- 0.00", "68.00 +- 0.00", "93.50 +- 0.00"]

@@ -89,3 +89,18 @@ def test_omni(tmp_path: Path) -> None:
     assert int(dd["info_n_pseudo"]) == int(dd["info_n_unlabelled"]) > 1000  # threshold 0
     assert int(dd["info_n_labelled"]) < 140
     _gains_are_paired(rows, "supervised only")
+
+
+def test_metric_learning_selects_and_scores_on_retrieval(tmp_path: Path) -> None:
+    table, rows = _run(tmp_path, f"bench metric {QUICK} --seeds 0")
+    assert "test recall@1, best-val epoch" in table and "test recall@5, best-val epoch" in table
+    assert _arms(rows) == [
+        ("", "darkrank_hard", "0"),
+        ("", "darkrank_soft", "0"),
+        ("", "teacher", "0"),
+        ("", "triplet", "0"),
+    ]
+    assert {r["metric"] for r in rows} == {"recall@1"}
+    for r in rows:  # Recall@K grows with K
+        assert 0.0 <= float(r["test_best"]) <= float(r["test_recall@5_best"]) <= 100.0
+    _gains_are_paired(rows, "triplet")

@@ -1,8 +1,8 @@
 """Protocols (bench specs): arms x pairs x conditions x seeds, each arm a named recipe.
 
 Every study in kdlab is a protocol run by ``kdlab bench``: the demo, the digits,
-Fashion-MNIST and CIFAR-100 benchmarks, few-shot, cross quality and data distillation
-(metric learning joins once the engine's evaluators select on retrieval). Shipped
+Fashion-MNIST, CIFAR-100 and ImageNet benchmarks, few-shot, cross quality, data
+distillation and metric learning (scored by the engine's retrieval evaluator). Shipped
 protocols live in ``kdlab/bench/protocols/<name>.yaml`` (package data); any other YAML
 path is a user-defined one. Format::
 
@@ -35,6 +35,8 @@ path is a user-defined one. Format::
     teacher_data: [...]                         # teachers' data hooks
     conditions:                        # optional axis: variants of the students' runs
       blur: {label: blur sigma 1, data: [...], set: {distill.views.degraded: {...}}}
+    extra_metrics: [recall@5]          # tabled beside the selection metric (base.train
+                                       # .evaluator names the evaluator and its metrics)
 
 A protocol never restates a recipe: an arm takes the named recipe's ``distill`` section
 (terms, views, stages); models, data and schedule are the protocol's. Recipe names
@@ -144,6 +146,9 @@ class ProtocolSpec(Strict):
     data: list[dict[str, Any]] = Field(default_factory=list, description="students' data hooks")
     teacher_data: list[dict[str, Any]] = Field(default_factory=list)
     conditions: dict[str, ConditionSpec] = Field(default_factory=dict)
+    extra_metrics: list[str] = Field(
+        default_factory=list, description="more test metrics for the table (recall@5, acc5)"
+    )
     reference_note: str = ""
 
     @model_validator(mode="before")

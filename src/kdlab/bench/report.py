@@ -48,8 +48,15 @@ def score_label(rows: Sequence[dict[str, Any]]) -> str:
     return " / ".join(LABELS.get(m, f"test {m}") for m in metrics)
 
 
+def _metric(results: dict[str, Any], name: str) -> float | str:
+    """A test metric of the selected epoch other than the selection metric ('' if none)."""
+    best = results.get("test_best")
+    return float(best[name]) if isinstance(best, dict) and name in best else ""
+
+
 def run_rows(records: Sequence[RunRecord], proto: Protocol | None = None) -> list[dict[str, Any]]:
     """One CSV row per run, with the gain over the baseline of the same seed."""
+    extra = proto.spec.extra_metrics if proto else []
     baseline: dict[tuple[str, str, int], dict[str, Any]] = {}
     teacher_on: dict[tuple[str, str, Path], dict[str, Any]] = {}
     for r in records:
@@ -85,6 +92,7 @@ def run_rows(records: Sequence[RunRecord], proto: Protocol | None = None) -> lis
             "gain_best": best - scores(base)[1] if base else "",
             "gain_last": last - scores(base)[2] if base else "",
             "teacher_best": scores(teacher)[1] if teacher else "",
+            **{f"test_{m}_best": _metric(res, m) for m in extra},
             "params": res.get("params"),
             "wall_time_s": round(float(res.get("wall_time_s", 0.0)), 2),
             "run_dir": str(s.run_dir),
@@ -175,6 +183,8 @@ def summary_tables(proto: Protocol, rows: list[dict[str, Any]]) -> str:
         "gain (last)",
         "time/run (s)",
     ]
+    extra = proto.spec.extra_metrics
+    headers[4:4] = [f"test {m}, best-val epoch" for m in extra]
     if any_ref:
         headers.append("published (last, 1 run)")
     info_keys = sorted({k for r in rows for k in r if k.startswith("info_")} - {"info_tested_on"})
@@ -195,6 +205,10 @@ def summary_tables(proto: Protocol, rows: list[dict[str, Any]]) -> str:
                 len(group_rows),
                 _fmt([r["test_best"] for r in group_rows]),
                 _fmt([r["test_last"] for r in group_rows]),
+                *(
+                    _fmt([r[f"test_{m}_best"] for r in group_rows if r[f"test_{m}_best"] != ""])
+                    for m in extra
+                ),
                 _fmt(gb, signed=True),
                 _fmt_interval(gb),
                 _fmt(gl, signed=True),
