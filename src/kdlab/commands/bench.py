@@ -66,7 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("protocol", nargs="?", help="protocol name or YAML path")
     p.add_argument(
-        "overrides", nargs="*", help="dotted overrides of the base recipe, e.g. data.root=/data"
+        "overrides", nargs="*", help="dotted overrides of every run's recipe, e.g. data.root=/data"
     )
     add_matrix_options(p)
     p.add_argument("--pairs", nargs="+", metavar="PAIR", action=ListOption, help="only these pairs")
