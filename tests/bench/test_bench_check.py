@@ -116,8 +116,8 @@ def test_cli_prints_one_line_per_failed_cell(
 def test_shipped_protocols_validate(tmp_path: Path, no_training: None) -> None:
     """The study protocols build in full (every cell, taps included); the demo's
     cross-architecture pair with every digits recipe's student taps renamed."""
+    from kdlab.bench import expand  # noqa: PLC0415
     from kdlab.bench.check import check_matrix  # noqa: PLC0415
-    from kdlab.bench.protocol import expand  # noqa: PLC0415
 
     bundles = bench_run.Bundles()
     for name, pairs in (("demo", ["cnn_medium-resnet8"]), ("fewshot", None), ("cqd", None)):

@@ -8,7 +8,8 @@ from pathlib import Path
 import yaml
 
 from kdlab.bench import RunRecord, load_protocol, run_rows, summary_tables, write_report
-from kdlab.bench.protocol import BASELINE, METHOD, TEACHER, RunSpec
+from kdlab.bench.matrix import RunSpec
+from kdlab.bench.protocol import BASELINE, METHOD, TEACHER
 from kdlab.config import load_config
 
 

@@ -6,15 +6,8 @@ run cached by its config and hooks), and writes a report folder. Studies differ 
 by their spec and registered hooks (:mod:`kdlab.bench.hooks`).
 """
 
-from kdlab.bench.protocol import (
-    Protocol,
-    RunSpec,
-    builtin_protocols,
-    config_hash,
-    expand,
-    load_protocol,
-    parse_seeds,
-)
+from kdlab.bench.matrix import RunSpec, config_hash, expand
+from kdlab.bench.protocol import Protocol, builtin_protocols, load_protocol, parse_seeds
 from kdlab.bench.report import run_rows, summary_tables, write_report
 from kdlab.bench.run import RunRecord, is_done, run_matrix
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 
 from kdlab.bench.hooks import PRE_STEPS, bind_hook
-from kdlab.bench.protocol import Protocol, RunSpec, matrix_error, one_line
+from kdlab.bench.matrix import RunSpec, matrix_error, one_line
+from kdlab.bench.protocol import Protocol
 from kdlab.bench.run import Bundles
 from kdlab.config import RunConfig
 from kdlab.data import DataBundle

@@ -19,7 +19,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kdlab.bench.hooks import DATA_HOOKS, PRE_STEPS, HookContext, bind_hook
-from kdlab.bench.protocol import METHOD, Protocol, RunSpec, expand
+from kdlab.bench.matrix import RunSpec, expand
+from kdlab.bench.protocol import METHOD, Protocol
 from kdlab.config import RunConfig
 from kdlab.data import DataBundle, build_dataset
 from kdlab.engine import evaluate, load_model, train
