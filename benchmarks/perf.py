@@ -223,6 +223,7 @@ def recipe_for(pair: str, distill: dict[str, Any] | None, **train_opts: Any) -> 
         "train": {
             "epochs": 1,
             "device": "cpu",
+            "progress": False,  # the bar would be timed with the step
             "optimizer": {"name": "sgd", "lr": 0.01},
             "schedule": {"name": "constant"},
             **train_opts,

@@ -15,7 +15,10 @@ rounds (the order rotates each round), and records the median step time of each:
   (precision and channels_last ``auto``) and forced to fp32.
 
 img/s = 64 / median step time; ratios are taken within each round (the machine may be
-shared: what counts is the interleaved ratio), then their median over rounds.
+shared: what counts is the interleaved ratio), then their median over rounds. Each
+step is timed on two clocks: wall time, and CPU time (with one intra-op thread the
+calling thread's, which other jobs on a shared machine barely disturb; with more, the
+process's, which includes OpenMP threads spinning while a sibling is descheduled).
 """
 
 from __future__ import annotations
@@ -57,9 +60,20 @@ def _batches(steps: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def repdistiller_kd(path: str, teacher: str, student: str) -> Callable[[Any, Any], list[float]]:
+Steps = tuple[list[float], list[float]]  # per step: wall seconds, CPU seconds
+
+
+def cpu_clock() -> float:
+    return time.thread_time() if torch.get_num_threads() == 1 else time.process_time()
+
+
+def _deltas(stamps: list[float]) -> list[float]:
+    return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
+def repdistiller_kd(path: str, teacher: str, student: str) -> Callable[[Any, Any], Steps]:
     """A function running one ``train_distill`` epoch over the given data; it returns
-    the seconds of each step."""
+    the wall and CPU seconds of each step."""
     sys.path.insert(0, path)
     try:
         from distiller_zoo import DistillKL  # type: ignore[import-not-found]
@@ -73,8 +87,9 @@ def repdistiller_kd(path: str, teacher: str, student: str) -> Callable[[Any, Any
     optimizer = torch.optim.SGD(model_s.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     opt = Namespace(distill="kd", gamma=0.1, alpha=0.9, beta=0.0, print_freq=10**9)
 
-    def epoch(x: torch.Tensor, y: torch.Tensor) -> list[float]:
-        stamps: list[float] = []
+    def epoch(x: torch.Tensor, y: torch.Tensor) -> Steps:
+        wall: list[float] = []
+        cpu: list[float] = []
 
         class Loader:
             def __len__(self) -> int:
@@ -82,19 +97,21 @@ def repdistiller_kd(path: str, teacher: str, student: str) -> Callable[[Any, Any
 
             def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
                 for i in range(len(self)):
-                    stamps.append(time.perf_counter())
+                    wall.append(time.perf_counter())
+                    cpu.append(cpu_clock())
                     s = slice(i * BATCH, (i + 1) * BATCH)
                     yield x[s], y[s], torch.arange(s.start, s.stop)
 
         with contextlib.redirect_stdout(io.StringIO()):
             train_distill(0, Loader(), module_list, criteria, optimizer, opt)
-        stamps.append(time.perf_counter())
-        return [b - a for a, b in zip(stamps, stamps[1:])]
+        wall.append(time.perf_counter())
+        cpu.append(cpu_clock())
+        return _deltas(wall), _deltas(cpu)
 
     return epoch
 
 
-def kdlab_kd(teacher: str, student: str, **train_opts: Any) -> Callable[[Any, Any], list[float]]:
+def kdlab_kd(teacher: str, student: str, **train_opts: Any) -> Callable[[Any, Any], Steps]:
     recipe = {
         "name": "vs",
         "student": {"name": student},
@@ -114,13 +131,13 @@ def kdlab_kd(teacher: str, student: str, **train_opts: Any) -> Callable[[Any, An
     }
     cfg = load_recipe(recipe)
 
-    def epoch(x: torch.Tensor, y: torch.Tensor) -> list[float]:
+    def epoch(x: torch.Tensor, y: torch.Tensor) -> Steps:
         test = TensorSplit(x[:BATCH], y[:BATCH])
         bundle = DataBundle(TensorSplit(x, y), None, test, 100, 3, (32, 32), "synthetic")
-        timing = Timing()
+        wall, cpu = Timing(time.perf_counter), Timing(cpu_clock)
         with tempfile.TemporaryDirectory() as d:
-            train(cfg, run_dir=d, bundle=bundle, handlers=[timing])
-        return timing.seconds()
+            train(cfg, run_dir=d, bundle=bundle, handlers=[wall, cpu])
+        return wall.seconds(), cpu.seconds()
 
     return epoch
 
@@ -128,7 +145,8 @@ def kdlab_kd(teacher: str, student: str, **train_opts: Any) -> Callable[[Any, An
 def measure(
     rd_path: str, pairs: list[str], steps: int, rounds: int, log: Callable[[str], None]
 ) -> list[dict[str, Any]]:
-    """Per pair and round: median step seconds of RepDistiller and each kdlab variant."""
+    """Per pair and round: median step seconds (wall, and CPU under ``<name> cpu``) of
+    RepDistiller and each kdlab variant."""
     x, y = _batches(steps + 1)  # the first step of every epoch is dropped (warm-up)
     rows = []
     for pair in pairs:
@@ -140,14 +158,20 @@ def measure(
             order = names[r % len(names) :] + names[: r % len(names)]
             row: dict[str, Any] = {"pair": pair, "round": r + 1, "order": order}
             for name in order:
-                row[name] = statistics.median(runners[name](x, y)[1:])
-                log(f"{pair} round {r + 1}: {name} {BATCH / row[name]:.1f} img/s")
+                wall, cpu = runners[name](x, y)
+                row[name] = statistics.median(wall[1:])
+                row[f"{name} cpu"] = statistics.median(cpu[1:])
+                log(
+                    f"{pair} round {r + 1}: {name} {BATCH / row[name]:.1f} img/s "
+                    f"({row[f'{name} cpu']:.2f} CPU s/step)"
+                )
             rows.append(row)
     return rows
 
 
 def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Median img/s over rounds per pair and runner, and the median per-round ratio."""
+    """Median img/s over rounds per pair and runner, and the median per-round ratio of
+    step times on each clock."""
     out = []
     ref = "RepDistiller train_distill"
     for pair in dict.fromkeys(r["pair"] for r in rows):
@@ -160,14 +184,19 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "img_s": statistics.median(BATCH / r[name] for r in mine),
                     "ratio": statistics.median(r[ref] / r[name] for r in mine),
                     "ratios": [round(r[ref] / r[name], 2) for r in mine],
+                    "ratio_cpu": statistics.median(
+                        r[f"{ref} cpu"] / r[f"{name} cpu"] for r in mine
+                    ),
+                    "ratios_cpu": [round(r[f"{ref} cpu"] / r[f"{name} cpu"], 2) for r in mine],
                 }
             )
     return out
 
 
 def render(rows: list[dict[str, Any]], machine: dict[str, Any], command: str, commit: str) -> str:
+    n = machine["threads"]
     lines = [
-        "## Side by side with RepDistiller",
+        f"## Side by side with RepDistiller ({n} intra-op thread{'s' if n > 1 else ''})",
         "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
         f"{machine['threads']} intra-op threads; load average at the start "
@@ -183,12 +212,14 @@ def render(rows: list[dict[str, Any]], machine: dict[str, Any], command: str, co
         "and channels_last); 'kdlab fp32': precision fp32, channels_last auto; "
         "'contiguous': both off.",
         "",
-        "| pair | runner | img/s (median) | x RepDistiller (median) | per round |",
-        "| --- | --- | ---: | ---: | --- |",
+        "| pair | runner | img/s (wall, median) | x RepDistiller, wall | per round | "
+        "x RepDistiller, CPU time | per round |",
+        "| --- | --- | ---: | ---: | --- | ---: | --- |",
     ]
     for r in summary(rows):
         lines.append(
             f"| {r['pair']} | {r['runner']} | {r['img_s']:.1f} | {r['ratio']:.2f} | "
-            f"{', '.join(f'{v:.2f}' for v in r['ratios'])} |"
+            f"{', '.join(f'{v:.2f}' for v in r['ratios'])} | {r['ratio_cpu']:.2f} | "
+            f"{', '.join(f'{v:.2f}' for v in r['ratios_cpu'])} |"
         )
     return "\n".join(lines) + "\n"

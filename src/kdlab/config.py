@@ -252,6 +252,18 @@ def term_params(spec: Any, where: str = "term") -> TermParams:
     return validate(cls, dict(spec), where=f"{where} ({spec['method']})")
 
 
+def check_term_names(names: typing.Sequence[str]) -> None:
+    """Term names must be unique: losses, stages and overrides address terms by name."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise ConfigError(
+                f"distill.terms.{i}: a term named {name!r} already exists "
+                f"(distill.terms.{seen[name]}); give one a distinct 'name'"
+            )
+        seen[name] = i
+
+
 class ViewSpec(BaseModel):
     """A named input view: a registered ``type`` and its parameters."""
 
@@ -347,14 +359,8 @@ class DistillConfig(Strict):
         """Names that refer to each other: term names, the views terms use, stages' losses."""
         from kdlab.methods import METHODS  # noqa: PLC0415
 
-        seen: dict[str, int] = {}
+        check_term_names([t.term_name for t in self.terms])
         for i, term in enumerate(self.terms):
-            if term.term_name in seen:
-                raise ConfigError(
-                    f"distill.terms.{i}: a term named {term.term_name!r} already exists "
-                    f"(distill.terms.{seen[term.term_name]}); give one a distinct 'name'"
-                )
-            seen[term.term_name] = i
             for role in ("student_view", "teacher_view"):
                 view = getattr(term, role)
                 if view != DEFAULT_VIEW and view not in self.views:

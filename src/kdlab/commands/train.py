@@ -25,7 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=run_train)
 
-    e = sub.add_parser("eval", help="evaluate a finished run's selected weights")
+    e = sub.add_parser(
+        "eval", help="score a finished run's weights with its evaluator (train.evaluator)"
+    )
     e.add_argument("run", help="a finished run's folder")
     e.add_argument("--split", choices=["train", "val", "test"], default="test")
     e.add_argument(
@@ -82,6 +84,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from kdlab.data import build_dataset  # noqa: PLC0415
     from kdlab.engine import evaluate, load_model  # noqa: PLC0415
     from kdlab.engine.env import resolve_device  # noqa: PLC0415
+    from kdlab.engine.evaluators import build_evaluator  # noqa: PLC0415
     from kdlab.errors import DataError  # noqa: PLC0415
     from kdlab.rundir import RunDir  # noqa: PLC0415
 
@@ -100,6 +103,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if split is None:
         raise DataError(f"dataset {cfg.data.name!r} has no {args.split!r} split")
     device = resolve_device(cfg.train.device)
-    metrics = evaluate(model.to(device), split, cfg.data.eval_batch_size, device)
+    evaluator = build_evaluator(cfg.train.evaluator)  # what the run was scored with
+    metrics = evaluate(model.to(device), split, cfg.data.eval_batch_size, device, evaluator)
     print(json.dumps({"run": str(run), "split": args.split, **metrics}, indent=2))
     return 0

@@ -14,7 +14,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q = what.add_parser(
         "propositions",
         help="Monte Carlo check of four noise/Jacobian claims (Srinivas & Fleuret, "
-        "arXiv:1803.00443), stated in kdlab/verify/propositions.py",
+        "arXiv:1803.00443), stated in kdlab/verify/propositions.py, and of kdlab's own "
+        "losses under noise (logit regression vs its Jacobian term, noisy KD)",
     )
     q.add_argument("--out", default="runs/verify", help="folder for report, CSV and plot")
     q.add_argument("--samples", type=int, default=4000, help="antithetic pairs of z per sigma")

@@ -170,38 +170,42 @@ class EpochMetrics(Handler):
 
     def __init__(self, evaluator: Evaluator) -> None:
         self.evaluator = evaluator
-        self.sums: Tensor | None = None
+        self.sums: Tensor | None = None  # on the device: [loss, *losses, correct]
         self.keys: list[str] = []
+        self.n = 0  # samples, counted on the host (a device tensor per step would copy)
         self.pending: dict[str, Any] | None = None
 
     def attach(self, engine: Engine, run: StageRun) -> None:
         self.run = run
-        self.sums, self.keys = None, []
+        self.sums, self.keys, self.n = None, [], 0
         engine.add_event_handler(Events.EPOCH_STARTED, self._start)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._add)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._finish)
 
     def _start(self, engine: Engine) -> None:
         self.lr = self.run.optimizer.param_groups[0]["lr"]
-        self.sums, self.keys = None, []
+        self.sums, self.keys, self.n = None, [], 0
         if self.pending:  # resumed mid-epoch: the sums of the steps before the checkpoint
             self.keys = list(self.pending["keys"])
             self.sums = self.pending["sums"].to(self.run.precision.device)
+            self.n = int(self.pending["n"])
         self.pending = None
 
     def _add(self, engine: Engine) -> None:
         out: StepOutput = engine.state.output
         values = [out.total, *out.losses.values(), out.correct]
-        vec = torch.stack([v.float().reshape(()) for v in values] + [values[0].new_tensor(out.n)])
+        vec = torch.stack([v.float().reshape(()) for v in values])
         if self.sums is None:
-            self.keys = ["loss", *out.losses, "correct", "n"]
+            self.keys = ["loss", *out.losses, "correct"]
             self.sums = vec
         else:
             self.sums = self.sums + vec
+        self.n += out.n
 
     def _finish(self, engine: Engine) -> None:
         run = self.run
         sums = dict(zip(self.keys, self.sums if self.sums is not None else []))
+        sums["n"] = torch.tensor(float(self.n), device=run.precision.device)
         sums = dist.reduce_sums(sums)
         batches = max(len(run.loader), 1) * dist.world_size()
         row: dict[str, Any] = {"stage": run.stage.name, "epoch": engine.state.epoch, "lr": self.lr}
@@ -216,12 +220,12 @@ class EpochMetrics(Handler):
             row.update({f"val_{k}": v for k, v in scores.items()})
         row["time"] = time.time()
         engine.state.metrics = row
-        self.sums, self.keys = None, []  # the epoch is complete: nothing to carry over
+        self.sums, self.keys, self.n = None, [], 0  # the epoch is complete: nothing to carry
 
     def state_dict(self) -> dict[str, Any] | None:
         if self.sums is None:
             return {}
-        return {"keys": list(self.keys), "sums": self.sums.detach().cpu()}
+        return {"keys": list(self.keys), "sums": self.sums.detach().cpu(), "n": self.n}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.pending = state if state and "sums" in state else None
@@ -347,7 +351,7 @@ class ProgressBar(Handler):
             return
         from ignite.handlers import ProgressBar as IgniteBar  # noqa: PLC0415
 
-        bar = IgniteBar(persist=False, desc=f"{run.cfg.name}:{run.stage.name}", leave=False)
+        bar = IgniteBar(persist=False, desc=f"{run.cfg.name}:{run.stage.name}")
         bar.attach(engine)
 
 

@@ -32,7 +32,7 @@ class ABParams(FeatureParams):
         return self
 
 
-class ActivationBoundaries(Term):
+class ActivationBoundaries(Term[ABParams]):
     """Activation-boundary transfer (arXiv:1811.03233) on pre-activations via connectors.
 
     Tap the teacher's and student's *pre-activations* (the input of a ReLU, ``relu:input``,
@@ -57,14 +57,11 @@ class ActivationBoundaries(Term):
     """
 
     method = "ab"
-    Params = ABParams
     default_weight = 0.003
     in_main_stage = False
 
     def __init__(self, params: ABParams) -> None:
         super().__init__(params)
-        self.params: ABParams = params
-        self.in_main_stage = params.main_stage  # type: ignore[misc]
         self.connectors = nn.ModuleList()
 
     def setup(self, shapes: Shapes) -> None:

@@ -18,7 +18,7 @@ class ATParams(FeatureParams):
     )
 
 
-class AttentionTransfer(Term):
+class AttentionTransfer(Term[ATParams]):
     """Activation-based attention transfer (arXiv:1612.03928), summed over layer pairs.
 
     ``Q = vec(sum_c |A_c|^p)`` (p = 2), L2-normalised; the loss is eq. 2,
@@ -35,12 +35,10 @@ class AttentionTransfer(Term):
     """
 
     method = "at"
-    Params = ATParams
     default_weight = 1000.0
 
     def __init__(self, params: ATParams) -> None:
         super().__init__(params)
-        self.params: ATParams = params
 
     def setup(self, shapes: Shapes) -> None:
         for s, t, s_shape, t_shape in probed_pairs(self, shapes):

@@ -9,8 +9,8 @@ from typing import Any, ClassVar, Generic, TypeVar, get_args, get_origin
 import torch
 from torch import Tensor, nn
 
-from kdlab.config import StageConfig, TermParams, term_params
-from kdlab.errors import ConfigError, KdlabError, TapError
+from kdlab.config import StageConfig, TermParams, check_term_names, term_params
+from kdlab.errors import KdlabError, TapError
 from kdlab.registry import Registry
 from kdlab.taps import Tap
 
@@ -207,12 +207,5 @@ def build_term(spec: Mapping[str, Any] | TermParams, where: str = "term") -> Ter
 def build_terms(specs: Sequence[Mapping[str, Any] | TermParams]) -> list[Term]:
     """Terms from a recipe's list; duplicate names are an error."""
     terms = [build_term(s, where=f"distill.terms.{i}") for i, s in enumerate(specs)]
-    seen: dict[str, int] = {}
-    for i, term in enumerate(terms):
-        if term.term_name in seen:
-            raise ConfigError(
-                f"distill.terms.{i}: a term named {term.term_name!r} already exists "
-                f"(distill.terms.{seen[term.term_name]}); give one a distinct 'name'"
-            )
-        seen[term.term_name] = i
+    check_term_names([t.term_name for t in terms])
     return terms

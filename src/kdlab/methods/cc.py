@@ -23,7 +23,7 @@ class CCParams(TermParams):
     )
 
 
-class CorrelationCongruence(Term):
+class CorrelationCongruence(Term[CCParams]):
     """Match the ``b x b`` correlation (kernel) matrices of student and teacher embeddings.
 
     Paper: Peng et al., Correlation Congruence for Knowledge Distillation, ICCV 2019
@@ -46,11 +46,10 @@ class CorrelationCongruence(Term):
     """
 
     method = "cc"
-    Params = CCParams
     default_weight = 0.02
 
     def setup(self, shapes: Shapes) -> None:
-        p: CCParams = self.params  # type: ignore[assignment]
+        p = self.params
         pairs = self.paired_taps()
         self.embed_s = nn.ModuleList()
         self.embed_t = nn.ModuleList()
@@ -60,7 +59,7 @@ class CorrelationCongruence(Term):
                 self.embed_t.append(Embed(shapes.teacher[t][1:].numel(), p.embed_dim))
 
     def forward(self, ctx: StepContext) -> Tensor:
-        p: CCParams = self.params  # type: ignore[assignment]
+        p = self.params
         total = ctx.student.logits.new_zeros(())
         for i, (s, t) in enumerate(self.paired_taps()):
             fs, ft = ctx.s(s), ctx.t(t)

@@ -13,7 +13,7 @@ class CEParams(TermParams):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
 
 
-class CrossEntropy(Term):
+class CrossEntropy(Term[CEParams]):
     """Cross-entropy on hard labels, optionally label-smoothed.
 
     Formula: ``-mean_n log softmax(z_s(n))[y_n]`` (smoothed: Szegedy et al.,
@@ -21,7 +21,6 @@ class CrossEntropy(Term):
     """
 
     method = "ce"
-    Params = CEParams
     needs_teacher = False
 
     def forward(self, ctx: StepContext) -> Tensor:

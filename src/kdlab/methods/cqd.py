@@ -14,7 +14,7 @@ class CQDParams(TermParams):
     student_view: str = Field("degraded", description="the degraded view the student sees")
 
 
-class CrossQualityDistillation(Term):
+class CrossQualityDistillation(Term[CQDParams]):
     """Cross quality distillation (BMVC 2017, arXiv:1604.00433).
 
     The teacher sees the clean image ``x`` (``teacher_view``, default the batch as
@@ -35,7 +35,6 @@ class CrossQualityDistillation(Term):
     """
 
     method = "cqd"
-    Params = CQDParams
     default_weight = 1.0
 
     def forward(self, ctx: StepContext) -> Tensor:

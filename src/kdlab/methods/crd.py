@@ -33,7 +33,7 @@ class CRDParams(TermParams):
     )
 
 
-class ContrastiveRepresentationDistillation(Term):
+class ContrastiveRepresentationDistillation(Term[CRDParams]):
     """Contrast the student's embedding of a sample with the teacher's, against negatives.
 
     Paper: Tian, Krishnan & Isola, Contrastive Representation Distillation, ICLR 2020
@@ -62,7 +62,6 @@ class ContrastiveRepresentationDistillation(Term):
     """
 
     method = "crd"
-    Params = CRDParams
     default_weight = 0.8
 
     def __init__(self, params: CRDParams) -> None:
@@ -71,7 +70,7 @@ class ContrastiveRepresentationDistillation(Term):
         self._labels: Tensor | None = None
 
     def setup(self, shapes: Shapes) -> None:
-        p: CRDParams = self.params  # type: ignore[assignment]
+        p = self.params
         ((s, t),) = self.paired_taps()
         self.embed_s = Embed(shapes.student[s][1:].numel(), p.embed_dim)
         self.embed_t = Embed(shapes.teacher[t][1:].numel(), p.embed_dim)
@@ -104,7 +103,7 @@ class ContrastiveRepresentationDistillation(Term):
                 f"term {self.term_name!r}: crd needs the training-set size; set "
                 "'num_data' or call bind_data(num_samples) before training"
             )
-        p: CRDParams = self.params  # type: ignore[assignment]
+        p = self.params
         if p.negatives == "other_class" and self.memory._class_order is None:
             raise ConfigError(
                 f"term {self.term_name!r}: negatives 'other_class' needs the training labels; "

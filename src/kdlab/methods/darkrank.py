@@ -42,7 +42,7 @@ class DarkRankParams(TermParams):
         return self
 
 
-class DarkRank(Term):
+class DarkRank(Term[DarkRankParams]):
     """Cross-sample similarity transfer for metric learning (AAAI 2018, arXiv:1707.01220).
 
     Every sample of a batch queries the others. The teacher's embeddings rank each
@@ -75,7 +75,6 @@ class DarkRank(Term):
     """
 
     method = "darkrank"
-    Params = DarkRankParams
     default_weight = 1.0
 
     def student_taps(self) -> list[Tap]:

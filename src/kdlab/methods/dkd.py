@@ -31,7 +31,7 @@ def warmup_factor(epoch: int, warmup_epochs: int) -> float:
     return min((epoch + 1) / warmup_epochs, 1.0)
 
 
-class DecoupledKD(Term):
+class DecoupledKD(Term[DKDParams]):
     """KD split into target-class (TCKD) and non-target-class (NCKD) parts, reweighted.
 
     Paper: Zhao, Cui, Song, Qiu & Liang, Decoupled Knowledge Distillation, CVPR 2022
@@ -50,11 +50,10 @@ class DecoupledKD(Term):
     """
 
     method = "dkd"
-    Params = DKDParams
     default_weight = 1.0
 
     def forward(self, ctx: StepContext) -> Tensor:
-        p: DKDParams = self.params  # type: ignore[assignment]
+        p = self.params
         assert ctx.teacher is not None
         if ctx.targets.dim() != 1 or ctx.targets.is_floating_point():
             raise DataError(

@@ -33,7 +33,7 @@ class FitNetParams(FeatureParams):
     )
 
 
-class FitNet(Term):
+class FitNet(Term[FitNetParams]):
     """Hints (arXiv:1412.6550): a regressor maps the student's guided layer to the hint.
 
     Hint loss: ``1/2 ||u_h(x) - r(v_g(x))||^2`` with ``u_h`` the teacher's hint layer,
@@ -65,14 +65,11 @@ class FitNet(Term):
     """
 
     method = "fitnet"
-    Params = FitNetParams
     default_weight = 100.0
     in_main_stage = False
 
     def __init__(self, params: FitNetParams) -> None:
         super().__init__(params)
-        self.params: FitNetParams = params
-        self.in_main_stage = params.main_stage  # type: ignore[misc]
         self.regressors = nn.ModuleList()
 
     def setup(self, shapes: Shapes) -> None:

@@ -35,7 +35,7 @@ class FSPParams(FeatureParams):
         return self
 
 
-class FlowOfSolutionProcedure(Term):
+class FlowOfSolutionProcedure(Term[FSPParams]):
     """FSP transfer (Yim et al., CVPR 2017; no arXiv version).
 
     The FSP matrix of two maps ``F1 (h x w x m)`` and ``F2 (h x w x n)`` is
@@ -60,14 +60,11 @@ class FlowOfSolutionProcedure(Term):
     """
 
     method = "fsp"
-    Params = FSPParams
     default_weight = 50.0
     in_main_stage = False
 
     def __init__(self, params: FSPParams) -> None:
         super().__init__(params)
-        self.params: FSPParams = params
-        self.in_main_stage = params.main_stage  # type: ignore[misc]
         self.adapters = nn.ModuleList()
 
     def setup(self, shapes: Shapes) -> None:

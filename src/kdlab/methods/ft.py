@@ -29,7 +29,7 @@ class FTParams(FeatureParams):
     paraphraser_lr: float = Field(0.01, gt=0.0, description="its SGD learning rate")
 
 
-class FactorTransfer(Term):
+class FactorTransfer(Term[FTParams]):
     """Factor transfer (arXiv:1802.04977) on one teacher/student map pair.
 
     Stage "paraphraser" (``paraphraser_epochs``, default 1/8 of ``train.epochs`` at lr 0.01, the
@@ -49,13 +49,11 @@ class FactorTransfer(Term):
     """
 
     method = "ft"
-    Params = FTParams
     default_weight = 200.0
     frozen_in_main = ("paraphraser",)
 
     def __init__(self, params: FTParams) -> None:
         super().__init__(params)
-        self.params: FTParams = params
         if len(params.student) != 1 or len(params.teacher) != 1:
             raise ConfigError(
                 f"term {self.term_name!r} (ft): give one student and one teacher tap "

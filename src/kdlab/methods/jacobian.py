@@ -29,7 +29,7 @@ class JacobianParams(TermParams):
     T: float = Field(1.0, gt=0.0, description="softmax temperature when output=probs")
 
 
-class JacobianMatching(Term):
+class JacobianMatching(Term[JacobianParams]):
     """Match L2-normalised input-gradients of teacher and student (arXiv:1803.00443).
 
     Loss, averaged over the batch:
@@ -68,7 +68,6 @@ class JacobianMatching(Term):
     """
 
     method = "jacobian"
-    Params = JacobianParams
     default_weight = 1.0
     student_input_grad = True
     teacher_input_grad = True

@@ -13,7 +13,7 @@ class KDParams(TermParams):
     T: float = Field(4.0, gt=0.0, description="softmax temperature")
 
 
-class KnowledgeDistillation(Term):
+class KnowledgeDistillation(Term[KDParams]):
     """Soft targets at temperature T (arXiv:1503.02531).
 
     Loss: ``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``, averaged over the batch.
@@ -24,7 +24,6 @@ class KnowledgeDistillation(Term):
     """
 
     method = "kd"
-    Params = KDParams
     default_weight = 0.9
 
     def forward(self, ctx: StepContext) -> Tensor:

@@ -19,7 +19,7 @@ class NSTParams(FeatureParams):
     sigma2: float = Field(1.0, gt=0.0, description="Gaussian kernel variance sigma^2")
 
 
-class NeuronSelectivityTransfer(Term):
+class NeuronSelectivityTransfer(Term[NSTParams]):
     """MMD between normalised channel distributions (arXiv:1707.01219).
 
     Each channel's spatial map, flattened and L2-normalised, is a sample of the
@@ -35,12 +35,10 @@ class NeuronSelectivityTransfer(Term):
     """
 
     method = "nst"
-    Params = NSTParams
     default_weight = 50.0
 
     def __init__(self, params: NSTParams) -> None:
         super().__init__(params)
-        self.params: NSTParams = params
 
     def setup(self, shapes: Shapes) -> None:
         for s, t, s_shape, t_shape in probed_pairs(self, shapes):

@@ -18,7 +18,7 @@ class PKTParams(TermParams):
     )
 
 
-class ProbabilisticKnowledgeTransfer(Term):
+class ProbabilisticKnowledgeTransfer(Term[PKTParams]):
     """Match the conditional probability distributions of pairwise cosine similarities.
 
     Paper: Passalis & Tefas, Learning Deep Representations with Probabilistic Knowledge
@@ -37,14 +37,13 @@ class ProbabilisticKnowledgeTransfer(Term):
     """
 
     method = "pkt"
-    Params = PKTParams
     default_weight = 30000.0
 
     def setup(self, shapes: Shapes) -> None:
         self.paired_taps()  # a clear error now if the tap counts differ
 
     def forward(self, ctx: StepContext) -> Tensor:
-        p: PKTParams = self.params  # type: ignore[assignment]
+        p = self.params
         total = ctx.student.logits.new_zeros(())
         for s, t in self.paired_taps():
             total = total + pkt_loss(ctx.s(s), ctx.t(t), p.eps, p.include_self)

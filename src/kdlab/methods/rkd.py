@@ -16,7 +16,7 @@ class RKDParams(TermParams):
     angle_weight: float = Field(50.0, ge=0.0, description="lambda_RKD-A of the paper")
 
 
-class RelationalKD(Term):
+class RelationalKD(Term[RKDParams]):
     """Transfer mutual relations: normalised pairwise distances and triplet angles.
 
     Paper: Park, Kim, Lu & Cho, Relational Knowledge Distillation, CVPR 2019
@@ -37,14 +37,13 @@ class RelationalKD(Term):
     """
 
     method = "rkd"
-    Params = RKDParams
     default_weight = 1.0
 
     def setup(self, shapes: Shapes) -> None:
         self.paired_taps()
 
     def forward(self, ctx: StepContext) -> Tensor:
-        p: RKDParams = self.params  # type: ignore[assignment]
+        p = self.params
         total = ctx.student.logits.new_zeros(())
         for s, t in self.paired_taps():
             total = total + rkd_loss(ctx.s(s), ctx.t(t), p.distance_weight, p.angle_weight)

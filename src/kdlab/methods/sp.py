@@ -14,7 +14,7 @@ class SPParams(TermParams):
     teacher: list[str] = Field(min_length=1, description="teacher layers, paired with student")
 
 
-class SimilarityPreserving(Term):
+class SimilarityPreserving(Term[SPParams]):
     """Match the row-normalised ``b x b`` activation similarity matrices of layer pairs.
 
     Paper: Tung & Mori, Similarity-Preserving Knowledge Distillation, ICCV 2019
@@ -32,7 +32,6 @@ class SimilarityPreserving(Term):
     """
 
     method = "sp"
-    Params = SPParams
     default_weight = 3000.0
 
     def setup(self, shapes: Shapes) -> None:

@@ -21,7 +21,7 @@ class TripletParams(TermParams):
     normalize: bool = Field(True, description="L2-normalise embeddings first")
 
 
-class Triplet(Term):
+class Triplet(Term[TripletParams]):
     """In-batch triplet loss, FaceNet (Schroff et al., arXiv:1503.03832).
 
     ``mean over violating (a, p, n) of max(0, d(a, p) - d(a, n) + margin)`` on
@@ -33,7 +33,6 @@ class Triplet(Term):
     """
 
     method = "triplet"
-    Params = TripletParams
     needs_teacher = False
 
     def student_taps(self) -> list[Tap]:

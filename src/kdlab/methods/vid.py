@@ -34,7 +34,7 @@ def _as_map(f: Tensor) -> Tensor:
     return f
 
 
-class VariationalInformationDistillation(Term):
+class VariationalInformationDistillation(Term[VIDParams]):
     """Maximise a variational lower bound on the mutual information of layer pairs.
 
     Paper: Ahn, Hu, Damianou, Lawrence & Dai, Variational Information Distillation for
@@ -56,11 +56,10 @@ class VariationalInformationDistillation(Term):
     """
 
     method = "vid"
-    Params = VIDParams
     default_weight = 1.0
 
     def setup(self, shapes: Shapes) -> None:
-        p: VIDParams = self.params  # type: ignore[assignment]
+        p = self.params
         self.regressors = nn.ModuleList()
         self.log_scales = nn.ParameterList()
         for s, t in self.paired_taps():
@@ -77,7 +76,7 @@ class VariationalInformationDistillation(Term):
             self.log_scales.append(nn.Parameter(torch.full((ct,), alpha)))
 
     def forward(self, ctx: StepContext) -> Tensor:
-        p: VIDParams = self.params  # type: ignore[assignment]
+        p = self.params
         total = ctx.student.logits.new_zeros(())
         for i, (s, t) in enumerate(self.paired_taps()):
             fs, ft = _as_map(ctx.s(s)), _as_map(ctx.t(t))

@@ -1,4 +1,6 @@
-r"""Monte Carlo check of four noise/Jacobian claims (Srinivas & Fleuret, arXiv:1803.00443).
+r"""Monte Carlo check of four noise/Jacobian claims (Srinivas & Fleuret, arXiv:1803.00443),
+and of kdlab's own losses under the same noise (claims 5 and 6:
+:mod:`kdlab.verify.kdlab_losses`).
 
 The claims, as our source notes state them, say what distillation under Gaussian input
 noise ``xi = sigma*z, z ~ N(0, I_D)`` equals to second order in sigma, for a teacher T
@@ -92,6 +94,8 @@ import torch
 from torch import Tensor
 from torch.func import hessian, jacrev
 
+from kdlab.verify import kdlab_losses
+
 Fn = Callable[[Tensor], Tensor]
 
 CLAIMS: dict[int, str] = {
@@ -106,6 +110,9 @@ CORRECTED: dict[int, str] = {
     3: "notes - s^2 sum_i (y_i - S_i) LS_i",
     4: "-sum_i y_i log S_i + s^2/2 sum_i y_i (||gS_i||^2/S_i^2 - LS_i/S_i)",
 }
+CLAIMS.update(kdlab_losses.CLAIMS)  # 5, 6: kdlab's own functional losses
+CORRECTED.update(kdlab_losses.CORRECTED)
+KDLAB_CLAIMS = tuple(kdlab_losses.CLAIMS)
 DEFAULT_SIGMAS = (0.2, 0.1, 0.05, 0.025, 0.0125)
 
 
@@ -329,7 +336,7 @@ def run_propositions(
     k: int = 5,
     estimator: str = "control",
     temperature: float = 1.0,
-    claims: Sequence[int] = (1, 2, 3, 4),
+    claims: Sequence[int] = (1, 2, 3, 4, *KDLAB_CLAIMS),
     cases: Sequence[str] | None = None,
     away_from_kinks: bool = True,
 ) -> Report:
@@ -358,6 +365,8 @@ def run_propositions(
             case = all_cases[name]
             if claim in (2, 4) and not case.probabilities:
                 continue  # cross-entropy needs probabilities
+            if claim in KDLAB_CLAIMS and case.probabilities:
+                continue  # kdlab's losses take logits
             per_point = []
             for x in xs:
                 t_d, s_d = derivatives(case.teacher, x), derivatives(case.student, x)
@@ -371,8 +380,13 @@ def run_propositions(
                 for x, t_d, s_d, y, f in per_point:
                     lhs, se = mc_expectation(f, x, z, sigma, estimator)
                     f0 = float(f(x))
-                    notes = notes_form(claim, sigma, t_d, s_d, y)
-                    corr = corrected_form(claim, sigma, t_d, s_d, y)
+                    if claim in KDLAB_CLAIMS:
+                        notes, corr = kdlab_losses.forms(
+                            claim, sigma, case.teacher, case.student, x
+                        )
+                    else:
+                        notes = notes_form(claim, sigma, t_d, s_d, y)
+                        corr = corrected_form(claim, sigma, t_d, s_d, y)
                     ratio = (lhs - f0) / (notes - f0) if notes != f0 else float("nan")
                     stats.append((lhs, se, f0, notes, corr, ratio))
                 p = len(stats)
@@ -415,6 +429,8 @@ def run_propositions(
 
 
 def _bind(claim: int, case: Case, y: Tensor) -> Fn:
+    if claim in KDLAB_CLAIMS:
+        return lambda x: kdlab_losses.loss(claim, case.teacher(x), case.student(x))
     return lambda x: claim_loss(claim, case.teacher(x), case.student(x), y)
 
 

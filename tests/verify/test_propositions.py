@@ -170,3 +170,20 @@ def test_cli_writes_report_csv_and_plot(tmp_path: Path, capsys: pytest.CaptureFi
     text = capsys.readouterr().out
     assert "## Verdicts" in text and "Claim 4" in text
     assert main(["verify", "propositions", "--sigmas", "0.1", "--out", str(out)]) == 2
+
+
+def test_kdlab_losses_beside_the_notes_forms() -> None:
+    # Claims 5 and 6 run kdlab's own logit_regression / kd_loss, its Jacobian term and
+    # its input-gradients. On affine logits the second-order forms are exact (claim 5)
+    # or O(sigma^4) (claim 6), while kdlab's normalised Jacobian term and the notes'
+    # claim-2 form for KD miss a sigma^2 term: their gap quarters as sigma halves.
+    report = run_propositions(
+        samples=400, points=2, sigmas=(0.1, 0.05), claims=(5, 6), cases=("affine",)
+    )
+    rows = {(r.claim, r.sigma): r for r in report.rows}
+    for claim in (5, 6):
+        big, small = rows[(claim, 0.1)], rows[(claim, 0.05)]
+        assert big.gap_notes / small.gap_notes == pytest.approx(4.0, rel=0.02)
+        assert small.gap_corrected < 1e-3 * small.gap_notes
+    assert rows[(5, 0.05)].gap_corrected < 1e-12  # logit regression: exact for affine maps
+    assert [v.verdict for v in report.verdicts] == ["wrong as written", "wrong as written"]
