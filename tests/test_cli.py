@@ -20,8 +20,8 @@ def test_overrides_may_follow_options() -> None:
     )
     assert args.resume and args.nproc == 2
     assert args.overrides == ["seed=1", "train.epochs=2", "a.b=c"]
-    args = build_parser().parse_args(["protocol", "cqd", "--epochs", "1", "data.per_class=5"])
-    assert args.overrides == ["data.per_class=5"] and args.epochs == 1  # a nested parser
+    args = build_parser().parse_args(["bench", "cqd", "--seeds", "0", "data.per_class=5"])
+    assert args.overrides == ["data.per_class=5"] and args.seeds == ["0"]
 
 
 def test_no_abbreviated_options_anywhere(capsys: pytest.CaptureFixture) -> None:

@@ -185,20 +185,3 @@ def test_darkrank_recipe_and_term_on_model_outputs() -> None:
     assert set(out.losses) == {"triplet", "darkrank"}
     out.total.backward()
     assert all(p.grad is not None for p in s.parameters())
-
-
-def test_metric_protocol_runs_and_saves_its_table(tmp_path) -> None:  # noqa: ANN001
-    import json
-
-    from kdlab.cli import main
-
-    code = main(["protocol", "metric", "--seeds", "0", "--epochs", "1", "--out", str(tmp_path),
-                 "data.per_class=20"])
-    assert code == 0
-    table = (tmp_path / "table.md").read_text()
-    assert "triplet + DarkRank soft" in table and "Recall@1" in table
-    runs = json.loads((tmp_path / "runs.json").read_text())
-    assert {r["arm"] for r in runs} >= {"teacher", "triplet (metric loss alone)"}
-    assert all(0.0 <= r["test_r1_best"] <= 100.0 for r in runs)
-    # the DarkRank students load the teacher the protocol trained
-    assert (tmp_path / "teacher" / "model.safetensors").is_file()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdlab.bench.protocol import expand, load_protocol
+from kdlab.bench import expand, load_protocol
 from kdlab.config import load_config
 from kdlab.methods import build_terms
 from kdlab.models import count_parameters, create_model

@@ -176,17 +176,3 @@ def test_student_batchnorm_sees_only_the_degraded_view() -> None:
     ref(dg.downsample(x, 2))
     torch.testing.assert_close(s.stages[0].bn.running_mean, ref.stages[0].bn.running_mean)
     torch.testing.assert_close(s.stages[0].bn.running_var, ref.stages[0].bn.running_var)
-
-
-def test_cqd_protocol_runs_and_saves_its_table(tmp_path) -> None:  # noqa: ANN001
-    from kdlab.cli import main
-
-    code = main(["protocol", "cqd", "--seeds", "0", "--epochs", "1", "--degradations",
-                 "lowres4", "--out", str(tmp_path), "student.name=cnn_tiny",
-                 "teacher.name=cnn_tiny", "data.per_class=20"])
-    assert code == 0
-    table = (tmp_path / "table.md").read_text()
-    for row in ("clean teacher (reference)", "| labels only", "| CQD"):
-        assert row in table
-    runs = (tmp_path / "runs.csv").read_text().splitlines()
-    assert len(runs) == 1 + 3  # header, teacher, one run per arm

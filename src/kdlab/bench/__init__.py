@@ -1,17 +1,13 @@
-"""Benchmarks: protocols (methods x teacher-student pairs x seeds), runs and reports.
+"""Benchmarks: every "arms x seeds -> paired table" study of kdlab, one runner.
 
-``kdlab bench PROTOCOL`` expands a protocol into its matrix, trains what is not yet
-finished (teachers once per seed, cached by config hash), and writes a report folder.
+``kdlab bench PROTOCOL`` expands a protocol into its matrix (arms x pairs x conditions
+x seeds), validates every cell, trains what is not yet finished (teachers once, every
+run cached by its config and hooks), and writes a report folder. Studies differ only
+by their spec and registered hooks (:mod:`kdlab.bench.hooks`).
 """
 
-from kdlab.bench.protocol import (
-    Protocol,
-    RunSpec,
-    builtin_protocols,
-    config_hash,
-    expand,
-    load_protocol,
-)
+from kdlab.bench.matrix import RunSpec, config_hash, expand
+from kdlab.bench.protocol import Protocol, builtin_protocols, load_protocol, parse_seeds
 from kdlab.bench.report import run_rows, summary_tables, write_report
 from kdlab.bench.run import RunRecord, is_done, run_matrix
 
@@ -24,6 +20,7 @@ __all__ = [
     "expand",
     "is_done",
     "load_protocol",
+    "parse_seeds",
     "run_matrix",
     "run_rows",
     "summary_tables",

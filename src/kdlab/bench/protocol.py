@@ -1,62 +1,91 @@
-"""Benchmark protocols: a YAML file naming a base recipe, pairs, methods and seeds.
+"""Protocols (bench specs): arms x pairs x conditions x seeds, each arm a named recipe.
 
-A protocol is expanded into a matrix of run configs (methods x pairs x seeds) plus
-the teachers and vanilla students they are compared with. Shipped protocols live in
-``kdlab/bench/protocols/<name>.yaml`` (package data); any other YAML path is a
-user-defined protocol. Format::
+This module reads and validates a protocol and resolves its recipes;
+:mod:`kdlab.bench.matrix` expands it into runs.
+
+Every study in kdlab is a protocol run by ``kdlab bench``: the demo, the digits,
+Fashion-MNIST, CIFAR-100 and ImageNet benchmarks, few-shot, cross quality, data
+distillation and metric learning (scored by the engine's retrieval evaluator). Shipped
+protocols live in ``kdlab/bench/protocols/<name>.yaml`` (package data); any other YAML
+path is a user-defined one. Format::
 
     name: digits
+    title: every digits recipe, teachers per seed     # one line for --list
     description: ...
     base: {data: ..., train: ...}      # a partial RunConfig shared by every run
-    epochs: 15                         # train.epochs of students (overrides base)
+    epochs: 15                         # students' train.epochs (overrides base)
     teacher_epochs: 20                 # teachers' epochs (default: epochs)
+    teacher_train: {schedule: ...}     # teachers' train overrides
+    teacher_seed: 0                    # one teacher for every seed (default: one per seed)
+    teacher_recipe: digits/triplet     # teachers' distill section (default: cross-entropy)
     seeds: [0, 1, 2]
     pairs:
-      - name: cnn_medium-cnn_small     # default: "<teacher>-<student>"
+      - name: cnn_medium-resnet8       # default: "<teacher>-<student>"
         teacher: {name: cnn_medium}    # a ModelConfig; with 'checkpoint' it is not trained
-        student: {name: cnn_small}
-        taps:                          # per-pair tap overrides, by method or term name
-          at: {student: [stages.0], teacher: [stages.1]}
-        reference: {teacher: 75.6, student: 73.3, kd: 74.9}   # published numbers
-    methods:
-      kd: configs/digits/kd.yaml       # a recipe file: its 'distill' section is used
-      logits: {terms: [{method: logits}]}   # or an inline distill section
-    recipes: configs/digits            # optional: every recipe here with a teacher is
-                                       # a method named after its file stem (files
-                                       # starting with '_' are skipped)
-    exclude: [cqd]                     # recipes in that folder to leave out
+        student: {name: resnet8}
+        taps: {at: {teacher: [layer2]}}          # per-term overrides, by method or term name
+        student_taps: {stages.0: layer1.0}       # rename student tap prefixes
+        reference: {teacher: 75.6, kd: 74.9}     # published numbers
+    methods:                           # arms: a recipe name, or a recipe with changes
+      kd: digits/kd
+      kd+jacobian: {recipe: digits/jacobian, terms: {jacobian: {weight: 3.0}}}
+      dd: {recipe: digits/vanilla, pre: [{hook: pseudo_labels, threshold: 0.5}]}
+    recipes: cifar100/{pair}           # every recipe in this folder that has a teacher is
+    exclude: [cqd]                     # an arm named after its file ('{pair}': the pair)
+    baseline: {name: labels only, recipe: digits/cqd, without: [cqd]}   # default: vanilla
+                                       # ({teacher: true}: the teacher's run is the baseline)
+    data: [{hook: few_shot, per_class: 5}]      # students' data hooks (kdlab.bench.hooks)
+    teacher_data: [...]                         # teachers' data hooks
+    conditions:                        # optional axis: variants of the students' runs
+      blur: {label: blur sigma 1, data: [...], set: {distill.views.degraded: {...}}}
+    extra_metrics: [recall@5]          # tabled beside the selection metric (base.train
+                                       # .evaluator names the evaluator and its metrics)
 
-Relative paths are looked up next to the protocol file first, then in the current
-folder. ``vanilla`` (the student alone, cross-entropy only) is always part of the
-matrix: every gain is measured against it, seed by seed.
+A protocol never restates a recipe: an arm takes the named recipe's ``distill`` section
+(terms, views, stages); models, data and schedule are the protocol's. Recipe names
+resolve under the shipped recipes (:mod:`kdlab.recipes`); a file or folder next to the
+protocol file wins, then the current folder. The baseline
+(``vanilla``: the student alone, cross-entropy only, unless ``baseline`` says otherwise)
+is always part of the matrix: every gain is measured against it, seed by seed.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
-import warnings
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from kdlab import recipes
-from kdlab.config import ModelConfig, RunConfig, Strict, apply_overrides, read_yaml, validate
+from kdlab.config import (
+    ModelConfig,
+    Strict,
+    read_yaml,
+    validate,
+)
 from kdlab.errors import ConfigError, did_you_mean
 
 VANILLA = "vanilla"
 TEACHER = "teacher"
+BASELINE = "baseline"
+METHOD = "method"
+CE_ONLY: dict[str, Any] = {"terms": [{"method": "ce"}]}
 
 
 class PairSpec(Strict):
     name: str | None = None
     teacher: ModelConfig
     student: ModelConfig
-    taps: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    taps: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-term overrides by method or term name"
+    )
+    student_taps: dict[str, str] = Field(
+        default_factory=dict, description="student tap prefixes renamed (old: new)"
+    )
     reference: dict[str, float] = Field(
         default_factory=dict, description="published top-1 by method (teacher, student, kd...)"
     )
@@ -66,8 +95,34 @@ class PairSpec(Strict):
         return self.name or f"{self.teacher.name}-{self.student.name}"
 
 
+class ArmSpec(Strict):
+    recipe: str = Field(description="a recipe name (digits/kd) or a .yaml path")
+    terms: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-term overrides by method or term name"
+    )
+    without: list[str] = Field(default_factory=list, description="terms to drop")
+    pre: list[dict[str, Any]] = Field(default_factory=list, description="pre-step hooks")
+
+
+class BaselineSpec(Strict):
+    name: str = VANILLA
+    recipe: str | None = Field(None, description="default: cross-entropy alone")
+    terms: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    without: list[str] = Field(default_factory=list)
+    teacher: bool = Field(False, description="the teacher's own run is the baseline")
+
+
+class ConditionSpec(Strict):
+    label: str = ""
+    data: list[dict[str, Any]] = Field(default_factory=list, description="more data hooks")
+    set: dict[str, Any] = Field(
+        default_factory=dict, description="dotted overrides of the students' recipes"
+    )
+
+
 class ProtocolSpec(Strict):
     name: str
+    title: str = Field("", description="one line for 'kdlab bench --list'")
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
     epochs: int | None = Field(None, ge=1)
@@ -75,43 +130,109 @@ class ProtocolSpec(Strict):
     teacher_train: dict[str, Any] = Field(
         default_factory=dict, description="train section overrides for teachers"
     )
+    teacher_seed: int | None = Field(None, ge=0, description="one teacher for all seeds")
+    teacher_recipe: str | None = Field(None, description="teachers' distill (default: CE)")
     seeds: list[int] = Field(default_factory=lambda: [0])
     pairs: list[PairSpec] = Field(min_length=1)
-    methods: dict[str, str | dict[str, Any]] = Field(default_factory=dict)
+    baseline: BaselineSpec = BaselineSpec()
+    methods: dict[str, str | ArmSpec] = Field(default_factory=dict)
     recipes: str | None = None
     exclude: list[str] = Field(
         default_factory=list, description="recipe names in 'recipes' to leave out"
     )
+    data: list[dict[str, Any]] = Field(default_factory=list, description="students' data hooks")
+    teacher_data: list[dict[str, Any]] = Field(default_factory=list)
+    conditions: dict[str, ConditionSpec] = Field(default_factory=dict)
+    extra_metrics: list[str] = Field(
+        default_factory=list, description="more test metrics for the table (recall@5, acc5)"
+    )
     reference_note: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_recipes(cls, data: Any) -> Any:
+        methods = data.get("methods") if isinstance(data, dict) else None
+        for name, entry in (methods or {}).items():
+            if isinstance(entry, dict) and isinstance(entry.get("terms"), list):
+                raise ValueError(
+                    f"methods.{name} restates a recipe's terms; protocols name recipes: put "
+                    f"them in a recipe file and write '{name}: path/to/recipe.yaml'"
+                )
+        return data
+
+
+@dataclass
+class Arm:
+    """One arm of a pair: its recipe's distill section with the protocol's changes."""
+
+    name: str
+    source: str  # the recipe file it came from ('' for built-in cross-entropy)
+    distill: dict[str, Any]
+    pre: list[dict[str, Any]] = field(default_factory=list)
+    teacher: bool = True  # its runs load the pair's teacher (the recipe names one)
 
 
 @dataclass
 class Protocol:
-    """A validated protocol and where it was read from."""
+    """A validated protocol, where it was read from, and every pair's arms."""
 
     spec: ProtocolSpec
     path: Path
-    methods: dict[str, dict[str, Any]]  # name -> distill section
+    arms: dict[str, dict[str, Arm]]  # pair label -> arm name -> arm (baseline excluded)
+    baseline: dict[str, Arm]  # pair label -> the baseline arm
+    teacher_distill: dict[str, Any]
 
     @property
     def name(self) -> str:
         return self.spec.name
 
-
-@dataclass
-class RunSpec:
-    """One cell of the matrix: a run config and where it lives."""
-
-    kind: str  # "teacher", "vanilla" or "method"
-    pair: str
-    method: str
-    seed: int
-    cfg: RunConfig
-    run_dir: Path
+    @property
+    def methods(self) -> list[str]:
+        """Arm names over all pairs, in protocol order (the baseline excluded)."""
+        names: list[str] = []
+        for arms in self.arms.values():
+            names += [m for m in arms if m not in names]
+        return names
 
     @property
-    def label(self) -> str:
-        return f"{self.pair}/{self.method}/seed{self.seed}"
+    def baseline_name(self) -> str:
+        return self.spec.baseline.name
+
+
+# ---------------------------------------------------------------- seeds
+
+
+def parse_seeds(items: Sequence[str | int]) -> list[int]:
+    """Seeds as given on any command line: ``0 1 2``, ``0,1,2`` or ``0-2`` (inclusive)."""
+    seeds: list[int] = []
+    for item in items:
+        for part in str(item).replace(",", " ").split():
+            lo, sep, hi = part.partition("-")
+            try:
+                values = range(int(lo), int(hi) + 1) if sep and lo else [int(part)]
+            except ValueError:
+                values = []
+            if not values or any(v < 0 or v >= 2**32 for v in values):
+                raise ConfigError(
+                    f"--seeds: {part!r} is not a seed or range; give integers >= 0 such as "
+                    "'0 1 2', '0,1,2' or '0-2'"
+                )
+            for v in values:
+                if v in seeds:
+                    raise ConfigError(f"--seeds: seed {v} is given twice")
+                seeds.append(v)
+    if not seeds:
+        raise ConfigError("--seeds needs at least one seed")
+    return seeds
+
+
+def split_names(items: Sequence[str] | None) -> list[str] | None:
+    """``--methods kd at`` and ``--methods kd,at`` alike; ``all`` (or nothing): every one."""
+    names = [n for item in items or [] for n in item.replace(",", " ").split()]
+    return None if not names or names == ["all"] else names
+
+
+# ---------------------------------------------------------------- loading
 
 
 def builtin_protocols() -> list[str]:
@@ -136,190 +257,148 @@ def protocol_path(name_or_path: str | Path) -> Path:
     return Path(str(resources.files("kdlab.bench") / "protocols" / f"{name_or_path}.yaml"))
 
 
-def _find(rel: str, base: Path) -> Path:
-    p = Path(rel)
-    for cand in [p] if p.is_absolute() else [base / p, p]:
-        if cand.exists():
-            return cand
-    shipped = recipes.resolve(rel)  # configs/... names the recipes shipped with kdlab
-    if shipped is not None:
-        return shipped
-    raise ConfigError(
-        f"protocol path {rel!r} not found (looked next to the protocol in {str(base)!r}, "
-        "in the current folder and in kdlab's recipes)"
-    )
+def recipe_file(ref: str, base_dir: Path) -> Path:
+    """A recipe named by a protocol: a file next to the protocol, or :func:`recipes.find`
+    (a path from the current folder, or a shipped name such as ``digits/kd``)."""
+    near = base_dir / ref
+    return near if near.is_file() else recipes.find(ref)
 
 
-def _find_optional(rel: str, base: Path) -> Path | None:
+def recipe_folder(ref: str, base_dir: Path) -> Path:
+    near = base_dir / ref
+    return near if near.is_dir() else recipes.folder(ref)
+
+
+def _distill_of(ref: str, base_dir: Path, where: str) -> tuple[dict[str, Any], str, bool]:
+    """A recipe's distill section, its file, and whether it names a teacher."""
     try:
-        return _find(rel, base)
-    except ConfigError:
-        return None
-
-
-def _distill_from_recipe(path: Path) -> dict[str, Any]:
+        path = recipe_file(ref, base_dir)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
     data = read_yaml(path)
     distill = data.get("distill")
     if not isinstance(distill, dict) or not distill.get("terms"):
-        raise ConfigError(f"recipe {str(path)!r} has no 'distill.terms' to benchmark")
-    return distill
+        raise ConfigError(f"{where}: recipe {str(path)!r} has no 'distill.terms'")
+    return copy.deepcopy(distill), str(path), bool(data.get("teacher"))
+
+
+def _term_keys(term: dict[str, Any]) -> tuple[Any, Any]:
+    return term.get("name"), term.get("method")
+
+
+def override_terms(
+    terms: list[dict[str, Any]], changes: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Terms with per-term changes applied; a change is keyed by term name or method."""
+    out = copy.deepcopy(terms)
+    for term in out:
+        for key in _term_keys(term):
+            if key is not None and key in changes:
+                term.update(copy.deepcopy(changes[key]))
+                break
+    return out
+
+
+def rename_student_taps(distill: dict[str, Any], tap_map: dict[str, str]) -> dict[str, Any]:
+    """A copy of a ``distill`` section with student tap paths renamed by prefix."""
+
+    def rename(tap: str) -> str:
+        for old, new in tap_map.items():
+            if tap == old or tap.startswith((old + ".", old + ":")):
+                return new + tap[len(old) :]
+        return tap
+
+    out = copy.deepcopy(distill)
+    for term in out.get("terms", []):
+        if isinstance(term.get("student"), list):
+            term["student"] = [rename(t) for t in term["student"]]
+    return out
+
+
+def _arm(name: str, entry: str | ArmSpec | BaselineSpec, base_dir: Path, where: str) -> Arm:
+    spec = ArmSpec(recipe=entry) if isinstance(entry, str) else entry
+    if spec.recipe is None:  # the built-in baseline
+        distill, source, teacher = copy.deepcopy(CE_ONLY), "", False
+    else:
+        distill, source, teacher = _distill_of(spec.recipe, base_dir, where)
+    known = {k for t in distill["terms"] for k in _term_keys(t) if k is not None}
+    for key in [*spec.without, *spec.terms]:
+        if key not in known:
+            raise ConfigError(
+                f"{where}: the recipe has no term {key!r}; {did_you_mean(key, known)}"
+            )
+    terms = [t for t in distill["terms"] if not set(_term_keys(t)) & set(spec.without)]
+    distill["terms"] = override_terms(terms, spec.terms)
+    return Arm(name, source, distill, list(getattr(spec, "pre", [])), teacher)
+
+
+def _folder_arms(spec: ProtocolSpec, pair: str, base_dir: Path) -> dict[str, Arm]:
+    if not spec.recipes:
+        return {}
+    folder = recipe_folder(spec.recipes.replace("{pair}", pair), base_dir)
+    found = {}
+    for recipe in sorted(folder.glob("*.yaml")):
+        if recipe.name.startswith(("_", ".")) or recipe.stem in spec.exclude:
+            continue  # private / scratch files, or left out by the protocol
+        data = read_yaml(recipe)
+        if data.get("teacher") and (data.get("distill") or {}).get("terms"):
+            found[recipe.stem] = Arm(recipe.stem, str(recipe), copy.deepcopy(data["distill"]))
+    return found
 
 
 def load_protocol(
-    name_or_path: str | Path, methods: list[str] | None = None, seeds: list[int] | None = None
+    name_or_path: str | Path,
+    methods: list[str] | None = None,
+    seeds: list[int] | None = None,
+    pairs: list[str] | None = None,
+    conditions: list[str] | None = None,
 ) -> Protocol:
-    """Read and validate a protocol; ``methods`` / ``seeds`` restrict or replace its own."""
+    """Read and validate a protocol and resolve its recipes.
+
+    ``methods``, ``pairs`` and ``conditions`` keep only those; ``seeds`` replaces the
+    protocol's own (the baseline and teachers are always kept).
+    """
     path = protocol_path(name_or_path)
     spec = validate(ProtocolSpec, read_yaml(path), where=f"protocol {path.name}")
     base_dir = path.parent
-    found: dict[str, dict[str, Any]] = {}
-    folder = _find_optional(spec.recipes, base_dir) if spec.recipes else None
-    if spec.recipes and folder is None:
-        warnings.warn(
-            f"protocol {spec.name!r}: recipe folder {spec.recipes!r} not found (run from the "
-            "repository root to include its recipes); using the protocol's own methods",
-            stacklevel=2,
-        )
-    if folder is not None:
-        for recipe in sorted(folder.glob("*.yaml")):
-            if recipe.name.startswith(("_", ".")) or recipe.stem in spec.exclude:
-                continue  # private / scratch files, or left out by the protocol
-            data = read_yaml(recipe)
-            if data.get("teacher") and (data.get("distill") or {}).get("terms"):
-                found[recipe.stem] = data["distill"]
-    for name, entry in spec.methods.items():
-        if name in (VANILLA, TEACHER):
-            raise ConfigError(f"protocol {path.name}: method name {name!r} is reserved")
-        if isinstance(entry, str):
-            found[name] = _distill_from_recipe(_find(entry, base_dir))
-        else:
-            if not entry.get("terms"):
-                raise ConfigError(f"protocol {path.name}: methods.{name} needs 'terms'")
-            found[name] = copy.deepcopy(entry)
-    if methods is not None:
-        unknown = [m for m in methods if m not in found and m != VANILLA]
-        if unknown:
-            raise ConfigError(
-                f"protocol {spec.name!r} has no method {unknown[0]!r}; "
-                f"{did_you_mean(unknown[0], found)}"
-            )
-        found = {m: found[m] for m in methods if m != VANILLA}
-    if seeds is not None:
-        if not seeds:
-            raise ConfigError("--seeds needs at least one seed")
-        spec.seeds = list(seeds)
+    where = f"protocol {spec.name!r}"
     labels = [p.label for p in spec.pairs]
     if len(set(labels)) != len(labels):
-        raise ConfigError(f"protocol {spec.name!r}: pair names must be unique, got {labels}")
-    return Protocol(spec=spec, path=path, methods=found)
+        raise ConfigError(f"{where}: pair names must be unique, got {labels}")
+    if pairs is not None:
+        _check_subset("pair", pairs, labels, where)
+        spec.pairs = [p for p in spec.pairs if p.label in pairs]
+    if conditions is not None:
+        _check_subset("condition", conditions, list(spec.conditions), where)
+        spec.conditions = {k: v for k, v in spec.conditions.items() if k in conditions}
+    if seeds is not None:
+        spec.seeds = parse_seeds(seeds)
+    reserved = {TEACHER, spec.baseline.name}
+    arms: dict[str, dict[str, Arm]] = {}
+    baseline: dict[str, Arm] = {}
+    for pair in spec.pairs:
+        found = _folder_arms(spec, pair.label, base_dir)
+        for name, entry in spec.methods.items():
+            found[name] = _arm(name, entry, base_dir, f"{where}, method {name!r}")
+        clash = reserved & set(found)
+        if clash:
+            raise ConfigError(f"{where}: method name {sorted(clash)[0]!r} is reserved")
+        arms[pair.label] = found
+        baseline[pair.label] = _arm(
+            spec.baseline.name, spec.baseline, base_dir, f"{where}, baseline"
+        )
+    teacher_distill = copy.deepcopy(CE_ONLY)
+    if spec.teacher_recipe:
+        teacher_distill = _distill_of(spec.teacher_recipe, base_dir, f"{where}, teacher_recipe")[0]
+    proto = Protocol(spec, path, arms, baseline, teacher_distill)
+    if methods is not None:
+        wanted = [m for m in methods if m != spec.baseline.name]
+        _check_subset("method", wanted, proto.methods, where)
+        proto.arms = {p: {m: a[m] for m in wanted if m in a} for p, a in arms.items()}
+    return proto
 
 
-# ---------------------------------------------------------------- expansion
-
-
-def config_hash(cfg: RunConfig) -> str:
-    """A hash of what determines a run's result (not its name, folder or display)."""
-    data = cfg.model_dump(mode="json")
-    data.pop("name", None)
-    data.pop("output_dir", None)
-    data["train"].pop("progress", None)
-    blob = json.dumps(data, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
-
-
-def _apply_taps(terms: list[dict[str, Any]], taps: dict[str, dict[str, Any]]) -> None:
-    for term in terms:
-        for key in (term.get("name"), term.get("method")):
-            if key is not None and key in taps:
-                term.update(copy.deepcopy(taps[key]))
-                break
-
-
-def _run_config(
-    base: dict[str, Any], name: str, seed: int, student: ModelConfig, **extra: Any
-) -> RunConfig:
-    data = copy.deepcopy(base)
-    data.update(name=name, seed=seed, student=student.model_dump(mode="json"), **extra)
-    return validate(RunConfig, data, where=f"run {name}")
-
-
-def expand(proto: Protocol, out: Path, overrides: list[str] | None = None) -> list[RunSpec]:
-    """Every run of the matrix in order: per seed, teachers, then vanilla, then methods.
-
-    Teachers live in ``out/teachers/<model>-seed<k>-<hash>`` (the hash of their resolved
-    config), so a change to anything that matters trains a new one.
-    """
-    spec = proto.spec
-    base = copy.deepcopy(spec.base)
-    base.setdefault("train", {})
-    if overrides:  # dotted key=value on the base recipe, e.g. data.root=/data/cifar
-        base = apply_overrides(base, overrides)
-    student_train = dict(base["train"])
-    if spec.epochs is not None:
-        student_train["epochs"] = spec.epochs
-    teacher_train = _merge(dict(base["train"]), spec.teacher_train)
-    if spec.teacher_epochs is not None:
-        teacher_train["epochs"] = spec.teacher_epochs
-    elif spec.epochs is not None:
-        teacher_train.setdefault("epochs", spec.epochs)
-    runs: list[RunSpec] = []
-    for seed in spec.seeds:
-        for pair in spec.pairs:
-            teacher_model = pair.teacher
-            if teacher_model.checkpoint is None:
-                tcfg = _run_config(
-                    {**base, "train": teacher_train},
-                    f"{pair.label}-teacher-seed{seed}",
-                    seed,
-                    ModelConfig(name=pair.teacher.name, kwargs=pair.teacher.kwargs),
-                    distill={"terms": [{"method": "ce"}]},
-                )
-                tdir = out / "teachers" / f"{pair.teacher.name}-seed{seed}-{config_hash(tcfg)}"
-                runs.append(RunSpec(TEACHER, pair.label, TEACHER, seed, tcfg, tdir))
-                teacher_model = ModelConfig(
-                    name=pair.teacher.name, kwargs=pair.teacher.kwargs, checkpoint=str(tdir)
-                )
-            vcfg = _run_config(
-                {**base, "train": student_train},
-                f"{pair.label}-{VANILLA}-seed{seed}",
-                seed,
-                pair.student,
-                distill={"terms": [{"method": "ce"}]},
-            )
-            runs.append(
-                RunSpec(
-                    VANILLA, pair.label, VANILLA, seed, vcfg, _run_dir(out, pair, VANILLA, seed)
-                )
-            )
-            for method, distill in proto.methods.items():
-                distill = copy.deepcopy(distill)
-                _apply_taps(distill["terms"], pair.taps)
-                mcfg = _run_config(
-                    {**base, "train": student_train},
-                    f"{pair.label}-{method}-seed{seed}",
-                    seed,
-                    pair.student,
-                    teacher=teacher_model.model_dump(mode="json"),
-                    distill=distill,
-                )
-                runs.append(
-                    RunSpec(
-                        "method", pair.label, method, seed, mcfg, _run_dir(out, pair, method, seed)
-                    )
-                )
-    return runs
-
-
-def _run_dir(out: Path, pair: PairSpec, method: str, seed: int) -> Path:
-    return out / "runs" / pair.label / method / f"seed{seed}"
-
-
-def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Deep merge of mappings; ``b`` wins."""
-    out = copy.deepcopy(a)
-    for k, v in b.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
+def _check_subset(what: str, given: list[str], valid: list[str], where: str) -> None:
+    for name in given:
+        if name not in valid:
+            raise ConfigError(f"{where} has no {what} {name!r}; {did_you_mean(name, valid)}")

@@ -62,7 +62,7 @@ class JacobianMatching(Term[JacobianParams]):
     Weight: ``default_weight = 1.0`` is kdlab's choice, not a value taken from the paper
     (the paper's lambda values could not be checked here); the per-sample loss is O(1),
     comparable to ``kd``'s at T = 4. Tune it per dataset: on digits with 5 samples per
-    class, validation accuracy picked 3 from {0.3, 1, 3, 10} (``kdlab protocol fewshot``).
+    class, validation accuracy picked 3 from {0.3, 1, 3, 10} (``kdlab bench fewshot``).
 
     Where implementations differ: Knowledge-Distillation-Zoo (``Sobolev``) uses the
     label's output and ``F.mse_loss`` on the normalised gradients, i.e. this loss divided
