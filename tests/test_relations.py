@@ -483,6 +483,23 @@ def test_crd_bound_before_setup_as_the_engine_does() -> None:
         dist(x, y, indices=torch.tensor([0, 1, 2, 3]))
 
 
+def test_crd_uniform_negatives_ignore_the_labels_the_engine_binds() -> None:
+    # The engine always passes the training labels; 'uniform' (the default) must still
+    # draw same-class negatives, before and after setup.
+    torch.manual_seed(0)
+    student = create_model("cnn_small", num_classes=10, in_channels=1)
+    teacher = create_model("cnn_medium", num_classes=10, in_channels=1)
+    x = torch.randn(4, 1, 8, 8)
+    labels = torch.tensor([0, 1] * 5)
+    term = build_term({"method": "crd", "embed_dim": 8, "num_negatives": 9})
+    term.bind_data(10, labels=labels)
+    Distiller(student, teacher, [term], example_input=x)
+    term.bind_data(10, labels=labels)
+    assert term.memory._class_order is None
+    drawn = torch.cat([term.memory.draw(torch.tensor([0]))[:, 1:] for _ in range(50)], dim=1)
+    assert set(drawn.flatten().tolist()) == set(range(1, 10))  # same class (even) included
+
+
 def test_bad_taps_are_clear_errors() -> None:
     with pytest.raises(TapError, match="1 student taps but 2 teacher taps"):
         make_distiller({"method": "sp", "student": ["pool"], "teacher": ["stages.1", "stages.2"]})

@@ -84,12 +84,16 @@ class ContrastiveRepresentationDistillation(Term):
     def bind_data(self, num_samples: int, labels: Tensor | None = None) -> None:
         """Size the memory bank for a training set of ``num_samples`` (engine hook).
 
-        ``labels`` (the training labels, by sample index) enable ``negatives:
-        other_class``. May be called before or after ``setup``; a bank of another size is
-        reallocated.
+        ``labels`` (the training labels, by sample index) are kept only for ``negatives:
+        other_class``; with ``uniform`` they are ignored. May be called before or after
+        ``setup``; a bank of another size is reallocated.
         """
         self._num_data = int(num_samples)
-        self._labels = None if labels is None else labels.detach().long().reshape(-1).cpu()
+        p: CRDParams = self.params  # type: ignore[assignment]
+        # The engine always passes the labels; only other-class negatives may use them
+        # (keeping them for 'uniform' silently drew other-class negatives every run).
+        keep = labels is not None and p.negatives == "other_class"
+        self._labels = labels.detach().long().reshape(-1).cpu() if keep else None
         memory = getattr(self, "memory", None)
         if memory is not None:
             if memory.num_data != self._num_data:
