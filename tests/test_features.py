@@ -320,7 +320,14 @@ def test_at_and_nst_terms_are_half_the_summed_functional_values() -> None:
     out = d(x, y, losses={"at": 1.0, "nst": 1.0})
     sf, tf = _features(d, x)
     at = 0.5 * sum(attention_transfer(sf[k], tf[k]) for k in ("stages.0", "stages.1"))
-    assert out.losses["at"].item() == pytest.approx(at.item(), rel=1e-5)
+    # by default not divided by each map's H*W (8x8 and 4x4 here); per_position: the paper
+    sizes = {"stages.0": 64, "stages.1": 16}
+    raw = 0.5 * sum(attention_transfer(sf[k], tf[k]) * n for k, n in sizes.items())
+    assert out.losses["at"].item() == pytest.approx(raw.item(), rel=1e-5)
+    paper = _distiller({**TERM_SPECS["at"], "per_position": True})[0]
+    paper.load_state_dict(d.state_dict(), strict=False)
+    got = paper(x, y, losses={"at": 1.0}).losses["at"].item()
+    assert got == pytest.approx(at.item(), rel=1e-5)
     # NST average-pools the student's 4x4 map to the teacher's 2x2 before the MMD
     pooled = torch.nn.functional.adaptive_avg_pool2d(sf["stages.1"], 2)
     nst = 0.5 * nst_mmd2(pooled, tf["stages.2"])
@@ -335,7 +342,7 @@ def test_at_pools_the_larger_attention_map_across_resolutions() -> None:
     qt = attention_map(tf["stages.0"]).view(4, 4, 2, 4, 2).mean(dim=(2, 4))  # 2x2 blocks
     qs = attention_map(sf["stages.1"])
     qs, qt = (torch.nn.functional.normalize(q.flatten(1), dim=1) for q in (qs, qt))
-    ref = 0.5 * (qs - qt).pow(2).sum(1).mean() / 16
+    ref = 0.5 * (qs - qt).pow(2).sum(1).mean()  # not divided by the pooled 4x4 (default)
     assert out.losses["at"].item() == pytest.approx(ref.item(), rel=1e-5)
 
 
@@ -361,7 +368,14 @@ def test_fitnet_main_stage_switch_and_default_weight() -> None:
 
 
 def test_ft_stages_train_the_paraphraser_then_the_translator_only() -> None:
-    d, x, y = _distiller(TERM_SPECS["ft"])
+    # the paraphraser has no BN by default (the authors', RepDistiller's); with BN it runs
+    # frozen in eval mode in the main stage
+    plain = _distiller(TERM_SPECS["ft"])[0].terms["ft"]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in plain.paraphraser.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in plain.translator.modules())
+    (stage,) = plain.pre_stages()
+    assert stage.optimizer is None  # the main optimiser's lr unless paraphraser_lr is set
+    d, x, y = _distiller({**TERM_SPECS["ft"], "paraphraser_bn": True, "paraphraser_lr": 0.01})
     ft = d.terms["ft"]
     (stage,) = ft.pre_stages()
     assert stage.losses == {"ft.reconstruction": 1.0}
@@ -488,7 +502,7 @@ def test_renamed_terms_prefix_their_stage_names() -> None:
     d, _x, _y = _distiller({**TERM_SPECS["ab"], "name": "ab2", "init_epochs": 5})
     (stage,) = d.terms["ab2"].pre_stages()
     assert stage.name == "ab2_ab_init" and stage.epochs == 5
-    assert stage.train == ["student", "terms.ab2"] and stage.losses == {"ab2": 0.003}
+    assert stage.train == ["student", "terms.ab2"] and stage.losses == {"ab2": 0.5}
 
 
 @pytest.mark.parametrize("method", FEATURE_METHODS)

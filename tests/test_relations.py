@@ -406,7 +406,7 @@ def test_term_gradients_reach_student_and_heads_not_teacher(key: str) -> None:
 
 
 def test_term_defaults_and_weights() -> None:
-    weights = {"pkt": 30000, "sp": 3000, "cc": 0.02, "vid": 1, "rkd": 1, "crd": 0.8, "dkd": 1}
+    weights = {"pkt": 150, "sp": 5, "cc": 10, "vid": 1, "rkd": 0.1, "crd": 0.8, "dkd": 1}
     for method, w in weights.items():
         spec = {"method": method}
         if method in ("sp", "vid"):
@@ -431,7 +431,7 @@ def test_term_zero_when_student_equals_teacher() -> None:
     dist = Distiller(net, twin, terms, example_input=x).eval()
     out = dist(x, y)
     for name, value in out.losses.items():
-        assert value.item() == pytest.approx(0.0, abs=1e-6 * (30000 if name == "pkt" else 1))
+        assert value.item() == pytest.approx(0.0, abs=1e-6 * (8 * 150 if name == "pkt" else 1))
 
 
 def test_dkd_term_warms_up() -> None:
@@ -442,6 +442,20 @@ def test_dkd_term_warms_up() -> None:
     assert a.item() == pytest.approx(b.item() * 5 / 20, rel=1e-6)
     with pytest.raises(DataError, match="hard integer labels"):
         full(x, F.one_hot(y, 10).float())
+
+
+def test_dkd_warmup_scales_with_the_stage_length() -> None:
+    # a linear ramp over the first 1/12 of the stage's steps (mdistiller's 20 of 240
+    # epochs); a recipe's warmup_epochs or no progress fall back to epoch counts
+    dist, x, y = make_distiller({"method": "dkd"})
+    full = make_distiller({"method": "dkd", "warmup_epochs": 0})[0]
+    b = full(x, y).losses["dkd"].item()
+    assert dist(x, y, progress=0.0).losses["dkd"].item() == 0.0
+    assert dist(x, y, progress=1 / 24).losses["dkd"].item() == pytest.approx(b / 2)
+    assert dist(x, y, progress=0.5).losses["dkd"].item() == pytest.approx(b)
+    assert dist(x, y, epoch=4).losses["dkd"].item() == pytest.approx(b * 5 / 20)
+    fixed = make_distiller({"method": "dkd", "warmup_epochs": 2})[0]
+    assert fixed(x, y, epoch=0, progress=0.9).losses["dkd"].item() == pytest.approx(b / 2)
 
 
 def test_crd_needs_data_and_indices() -> None:

@@ -153,12 +153,15 @@ class Distiller(nn.Module):
         losses: Mapping[str, float] | None = None,
         epoch: int = 0,
         iteration: int = 0,
+        progress: float | None = None,
     ) -> DistillOutput:
         """Weighted losses for one batch.
 
         Args:
             losses: which losses to compute, ``{term or term.mode: weight}``; default is
                 every main-stage term with its own weight.
+            progress: the share of the running stage done before this step, in [0, 1),
+                for terms whose schedule scales with the training length.
         """
         plan = self.loss_plan(losses)
         view_cache: dict[str, Tensor] = {}
@@ -196,6 +199,7 @@ class Distiller(nn.Module):
                 indices=indices,
                 epoch=epoch,
                 iteration=iteration,
+                progress=progress,
             )
             key = term.term_name if mode is None else f"{term.term_name}.{mode}"
             out[key] = weight * term.loss(ctx, mode)

@@ -365,7 +365,13 @@ class Trainer:
                 else contextlib.nullcontext()  # a disabled autocast still costs per step
             ):
                 out = ddp[0](
-                    x, y, idx, losses=plan_losses, epoch=engine.state.epoch - 1, iteration=it
+                    x,
+                    y,
+                    idx,
+                    losses=plan_losses,
+                    epoch=engine.state.epoch - 1,
+                    iteration=it,
+                    progress=(it - 1) / max(stage.epochs * len(loader), 1),
                 )
             if not bool(torch.isfinite(out.total)):
                 bad = [k for k, v in out.losses.items() if not bool(torch.isfinite(v))]

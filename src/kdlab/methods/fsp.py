@@ -61,7 +61,7 @@ class FlowOfSolutionProcedure(Term):
 
     method = "fsp"
     Params = FSPParams
-    default_weight = 50.0
+    default_weight = 1.0
     in_main_stage = False
 
     def __init__(self, params: FSPParams) -> None:
