@@ -502,7 +502,7 @@ def test_renamed_terms_prefix_their_stage_names() -> None:
     d, _x, _y = _distiller({**TERM_SPECS["ab"], "name": "ab2", "init_epochs": 5})
     (stage,) = d.terms["ab2"].pre_stages()
     assert stage.name == "ab2_ab_init" and stage.epochs == 5
-    assert stage.train == ["student", "terms.ab2"] and stage.losses == {"ab2": 0.5}
+    assert stage.train == ["student", "terms.ab2"] and stage.losses == {"ab2": 0.3}
 
 
 @pytest.mark.parametrize("method", FEATURE_METHODS)

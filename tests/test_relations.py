@@ -406,7 +406,7 @@ def test_term_gradients_reach_student_and_heads_not_teacher(key: str) -> None:
 
 
 def test_term_defaults_and_weights() -> None:
-    weights = {"pkt": 150, "sp": 5, "cc": 10, "vid": 1, "rkd": 0.1, "crd": 0.8, "dkd": 1}
+    weights = {"pkt": 150, "sp": 5, "cc": 10, "vid": 1, "rkd": 0.1, "crd": 0.2, "dkd": 1}
     for method, w in weights.items():
         spec = {"method": method}
         if method in ("sp", "vid"):
@@ -456,6 +456,34 @@ def test_dkd_warmup_scales_with_the_stage_length() -> None:
     assert dist(x, y, epoch=4).losses["dkd"].item() == pytest.approx(b * 5 / 20)
     fixed = make_distiller({"method": "dkd", "warmup_epochs": 2})[0]
     assert fixed(x, y, epoch=0, progress=0.9).losses["dkd"].item() == pytest.approx(b / 2)
+
+
+def test_engine_gives_terms_the_stage_progress(tmp_path, monkeypatch) -> None:
+    # DKD's warm-up reads StepContext.progress: the share of the stage before the step
+    from kdlab.config import load_config  # noqa: PLC0415
+    from kdlab.engine import train  # noqa: PLC0415 - the engine pulls in ignite
+    from kdlab.methods.dkd import DecoupledKD  # noqa: PLC0415
+
+    seen: list[float | None] = []
+    forward = DecoupledKD.forward
+
+    def spy(self, ctx):  # noqa: ANN001, ANN202
+        seen.append(ctx.progress)
+        return forward(self, ctx)
+
+    monkeypatch.setattr(DecoupledKD, "forward", spy)
+    cfg = {
+        "name": "progress",
+        "output_dir": str(tmp_path),
+        "student": {"name": "cnn_tiny"},
+        "teacher": {"name": "cnn_tiny"},
+        "data": {"per_class": 8, "batch_size": 40},
+        "distill": {"terms": [{"method": "ce"}, {"method": "dkd"}]},
+        "train": {"epochs": 2, "progress": False},
+    }
+    train(load_config(cfg))
+    steps = len(seen)
+    assert steps >= 4 and seen == pytest.approx([i / steps for i in range(steps)])
 
 
 def test_crd_needs_data_and_indices() -> None:
