@@ -9,8 +9,8 @@ on purpose, the constant is named here and in the method's docstring.
 
 from __future__ import annotations
 
+import itertools
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,13 @@ from kdlab.functional.features import (
     nst_mmd2,
 )
 from kdlab.functional.logits import dkd_loss
-from kdlab.functional.rank import darkrank_loss, plackett_luce_log_prob, teacher_lists
+from kdlab.functional.rank import (
+    darkrank_loss,
+    listnet_exact_loss,
+    plackett_luce_log_prob,
+    similarity_scores,
+    teacher_lists,
+)
 from kdlab.functional.relations import (
     correlation_congruence_loss,
     crd_nce_loss,
@@ -41,7 +47,8 @@ from kdlab.functional.relations import (
     similarity_preserving_loss,
 )
 from kdlab.memory import ContrastMemory
-from kdlab.methods import build_term
+from kdlab.methods import Pass, Shapes, StepContext, build_term
+from kdlab.taps import Tap
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -153,9 +160,6 @@ def check_vid() -> None:
             "mid_channels": case["mid_channels"],
         }
     )
-    from kdlab.methods import Shapes  # noqa: PLC0415
-    from kdlab.taps import Tap  # noqa: PLC0415
-
     term.setup(
         Shapes(
             student={Tap("s"): x["student"].shape, Tap(""): torch.Size([2, 10])},
@@ -167,8 +171,6 @@ def check_vid() -> None:
         for j in (0, 2, 4):
             term.regressors[0].net[j].weight.copy_(x[f"conv{j}"])
         term.log_scales[0].copy_(x["log_scale"])
-    from kdlab.methods import Pass, StepContext  # noqa: PLC0415
-
     ctx = StepContext(
         student=Pass(x["student"], torch.zeros(2, 10), {Tap("s"): x["student"]}),
         teacher=Pass(x["teacher"], torch.zeros(2, 10), {Tap("t"): x["teacher"]}),
@@ -230,26 +232,26 @@ def check_darkrank() -> None:
         _close(got, y["loss"])
     # The official ListNet op: scores -(scale * d^2)^power over each query's 4
     # teacher-nearest neighbours, cross-entropy (kdlab's KL plus the teacher's entropy),
-    # queries = the first half of the batch.
+    # queries = the first half of the batch. kdlab's defaults are that op's settings.
     ((x, y, case),) = _cases("darkrank")
     s, t = x["student"], x["teacher"]
     half = s.shape[0] // 2
     alpha, beta = case["scale"] ** case["power"], 2 * case["power"]
-    kl = darkrank_loss(s, t, alpha, beta, "soft", case["list_length"], "exact", False)
-    assert torch.isfinite(kl)
-    from kdlab.functional.rank import similarity_scores  # noqa: PLC0415
-
+    term = build_term({"method": "darkrank"})
+    assert (term.params.alpha, term.params.beta) == (alpha, beta)
+    assert term.params.list_length == case["list_length"] and term.weight == 16.0
     ls, lt = teacher_lists(
         similarity_scores(s, alpha, beta), similarity_scores(t, alpha, beta), case["list_length"]
     )
-    import itertools  # noqa: PLC0415
-
     perms = torch.tensor(list(itertools.permutations(range(case["list_length"]))))
     log_ps = plackett_luce_log_prob(ls[:half, perms])
     log_pt = plackett_luce_log_prob(lt[:half, perms])
     cross_entropy = -(log_pt.exp() * log_ps).sum(1).mean()
     _close(cross_entropy, y["cross_entropy"], rel=1e-9)
-    assert math.isfinite(float(cross_entropy))
+    # the same lists through kdlab's exact soft loss: KL = cross-entropy - entropy
+    entropy = -(log_pt.exp() * log_pt).sum(1).mean()
+    kl = listnet_exact_loss(ls[:half], lt[:half])
+    _close(kl + entropy, y["cross_entropy"], rel=1e-9)
 
 
 CHECKS: dict[str, Callable[[], None]] = {

@@ -90,8 +90,11 @@ def test_nst_and_fsp_do_not_change_with_the_map_size() -> None:
     fs, ft = _maps(2, 3, 4, 4), _maps(2, 5, 4, 4, seed=1)
     base = nst_mmd2(fs, ft).item()
     assert base > 0 and nst_mmd2(_up(fs), _up(ft)).item() == pytest.approx(base, rel=1e-9)
-    a, b, c, d = _maps(2, 3, 4, 4), _maps(2, 4, 4, 4, seed=1), _maps(2, 3, 4, 4, seed=2), _maps(
-        2, 4, 4, 4, seed=3
+    a, b, c, d = (
+        _maps(2, 3, 4, 4),
+        _maps(2, 4, 4, 4, seed=1),
+        _maps(2, 3, 4, 4, seed=2),
+        _maps(2, 4, 4, 4, seed=3),
     )
     base = fsp_loss(fsp_matrix(a, b), fsp_matrix(c, d), "mean").item()
     up = fsp_loss(fsp_matrix(_up(a), _up(b)), fsp_matrix(_up(c), _up(d)), "mean").item()
@@ -115,9 +118,7 @@ def test_ab_mean_does_not_change_with_the_map_size_the_paper_sum_does() -> None:
     assert activation_boundary_loss(_up(s), _up(t), 1.0, "mean").item() == pytest.approx(mean)
     paper = activation_boundary_loss(s, t, 1.0, "paper").item()
     assert paper == pytest.approx(mean * 4 * 4 * 4)
-    assert activation_boundary_loss(_up(s), _up(t), 1.0, "paper").item() == pytest.approx(
-        4 * paper
-    )
+    assert activation_boundary_loss(_up(s), _up(t), 1.0, "paper").item() == pytest.approx(4 * paper)
     # the method's default is the mean
     assert build_term({"method": "ab", "student": ["a"], "teacher": ["b"]}).params.reduction == (
         "mean"
@@ -125,7 +126,10 @@ def test_ab_mean_does_not_change_with_the_map_size_the_paper_sum_does() -> None:
 
 
 def test_ft_sqrt_reduction_does_not_change_with_the_factor_size() -> None:
-    fs, ft = torch.randn(3, 2, 4, 4, dtype=torch.float64), torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    fs, ft = (
+        torch.randn(3, 2, 4, 4, dtype=torch.float64),
+        torch.randn(3, 2, 4, 4, dtype=torch.float64),
+    )
     base = factor_transfer(fs, ft, 1, "sqrt").item()
     assert base > 0
     assert factor_transfer(_up(fs), _up(ft), 1, "sqrt").item() == pytest.approx(base, rel=1e-9)

@@ -17,7 +17,8 @@ Repositories (folder name under ``--ext``: GitHub repository @ commit):
 - attention-transfer: szagoruyko/attention-transfer @ 893df5488f93691799f082a70e2521a9dc2ddf2d
 - RKD: lenscloth/RKD @ 0a6c3c0c190722d428322bf71703c0ae86c25242
 - AB_distillation: bhheo/AB_distillation @ a7701d3506e13da87bda75aba1cee6397408144f
-- Factor-Transfer-pytorch: Jangho-Kim/Factor-Transfer-pytorch @ 19cce265ebe51c751481041e223a13be2e684322
+- Factor-Transfer-pytorch: Jangho-Kim/Factor-Transfer-pytorch
+  @ 19cce265ebe51c751481041e223a13be2e684322
 - KDZoo: AberHu/Knowledge-Distillation-Zoo @ 65470c846c1300d555815da26999cbe2b51fc815
 - DarkRank: TuSimple/DarkRank @ 5e6a74f76c69e4dd78324071d5a4f28792457a3f
 
@@ -298,7 +299,9 @@ class _ShimF:
 
     @staticmethod
     def smooth_l1_loss(a: torch.Tensor, b: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        return F.smooth_l1_loss(a, b, reduction="mean" if reduction == "elementwise_mean" else reduction)
+        return F.smooth_l1_loss(
+            a, b, reduction="mean" if reduction == "elementwise_mean" else reduction
+        )
 
 
 def rkd_authors(ext: Path) -> None:
@@ -351,7 +354,10 @@ def ab_authors(ext: Path) -> None:
 
 def ft_authors(ext: Path) -> None:
     path = ext / "Factor-Transfer-pytorch" / "utils.py"
-    note = "utils.py imports torchvision for its data code; only FT is executed. Loss: nn.L1Loss as train_student.py."
+    note = (
+        "utils.py imports torchvision for its data code; only FT is executed. "
+        "Loss: nn.L1Loss, as train_student.py."
+    )
     objs = _load_objects(path, ["FT"], {"F": F})
     torch.manual_seed(5)
     g = Golden(ext, "ft", "Factor-Transfer-pytorch", "utils.py", "FT + nn.L1Loss", note)
@@ -374,7 +380,9 @@ def cc_kdzoo(ext: Path) -> None:
     )
     g = Golden(ext, "cc", "KDZoo", "kd_losses/cc.py", "CC", note)
     fs, ft = randn(6, 5), randn(6, 9)
-    g.case("vectors", {"student": fs, "teacher": ft}, {"loss": CC(0.4, 2)(fs, ft)}, gamma=0.4, order=2)
+    g.case(
+        "vectors", {"student": fs, "teacher": ft}, {"loss": CC(0.4, 2)(fs, ft)}, gamma=0.4, order=2
+    )
     g.write()
 
 
