@@ -134,6 +134,14 @@ def randn(*shape: int) -> torch.Tensor:
 # ----------------------------------------------------------------------- RepDistiller
 
 
+def _layer_cases(g: Golden, pairs: list[tuple[torch.Tensor, torch.Tensor]], loss: Any) -> None:
+    """One case per layer pair for a RepDistiller loss that takes lists of layers."""
+    values = loss([s for s, _ in pairs], [t for _, t in pairs])
+    for i, ((s, t), value) in enumerate(zip(pairs, values)):
+        g.case(f"layer{i}", {"student": s, "teacher": t}, {"loss": value})
+    g.write()
+
+
 def repdistiller(ext: Path) -> None:
     sys.path.insert(0, str(ext / "RepDistiller"))
     import distiller_zoo as dz  # noqa: PLC0415
@@ -154,10 +162,7 @@ def repdistiller(ext: Path) -> None:
 
     g = Golden(ext, "at", "RepDistiller", "distiller_zoo/AT.py", "Attention")
     pairs = [(randn(3, 2, 5, 5), randn(3, 4, 5, 5)), (randn(3, 2, 3, 3), randn(3, 5, 3, 3))]
-    losses = dz.Attention()([s for s, _ in pairs], [t for _, t in pairs])
-    for i, ((s, t), loss) in enumerate(zip(pairs, losses)):
-        g.case(f"layer{i}", {"student": s, "teacher": t}, {"loss": loss})
-    g.write()
+    _layer_cases(g, pairs, dz.Attention())
 
     g = Golden(ext, "sp", "RepDistiller", "distiller_zoo/SP.py", "Similarity")
     fs, ft = randn(5, 2, 3, 3), randn(5, 4, 2, 2)
@@ -208,10 +213,7 @@ def repdistiller(ext: Path) -> None:
 
     g = Golden(ext, "nst", "RepDistiller", "distiller_zoo/NST.py", "NSTLoss")
     pairs = [(randn(2, 3, 4, 4), randn(2, 5, 4, 4)), (randn(2, 4, 4, 4), randn(2, 2, 2, 2))]
-    losses = dz.NSTLoss()([s for s, _ in pairs], [t for _, t in pairs])
-    for i, ((s, t), loss) in enumerate(zip(pairs, losses)):
-        g.case(f"layer{i}", {"student": s, "teacher": t}, {"loss": loss})
-    g.write()
+    _layer_cases(g, pairs, dz.NSTLoss())
 
     g = Golden(ext, "vid", "RepDistiller", "distiller_zoo/VID.py", "VIDLoss")
     vid = dz.VIDLoss(3, 4, 5, init_pred_var=5.0, eps=1e-5).double()
