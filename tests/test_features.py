@@ -544,6 +544,39 @@ def test_cifar_recipe_validates(path: Path) -> None:
     assert [t.method for t in terms] == ["ce", path.stem]
 
 
+def _cifar_term(pair: str, method: str) -> dict:
+    terms = load_config(ROOT / "configs" / "cifar100" / pair / f"{method}.yaml").distill.terms
+    (term,) = [t for t in terms if t["method"] == method]
+    return term
+
+
+@pytest.mark.parametrize("pair", sorted(REFERENCE_PAIRS))
+def test_cifar_recipes_follow_the_reference_code(pair: str) -> None:
+    # the conventions in shared/references.md, checked against RepDistiller / mdistiller
+    at = build_terms([_cifar_term(pair, "at")])[0]
+    assert at.params.per_position and at.weight == 2000  # RepDistiller's 1000, no 1/2
+    assert build_terms([_cifar_term(pair, "nst")])[0].weight == 100  # its 50, no 1/2
+    fit = build_terms([_cifar_term(pair, "fitnet")])[0]
+    p = fit.params
+    assert (p.main_stage, p.hint_epochs, p.regressor_bn, p.regressor_relu) == (True, 0, True, True)
+    assert fit.weight == 100 and p.reduction == "mean" and fit.pre_stages() == []
+    ab = build_terms([_cifar_term(pair, "ab")])[0]
+    n = len(ab.params.student)
+    assert ab.params.layer_weights == [2.0 ** (i - n + 1) for i in range(n)]
+    assert (ab.params.reduction, ab.weight, ab.params.init_epochs) == ("paper", 0.003, 30)
+    fsp = build_terms([_cifar_term(pair, "fsp")])[0]
+    assert fsp.weight == 1 and fsp.params.init_epochs == 30  # the init's plain sum
+    ft = build_terms([_cifar_term(pair, "ft")])[0]
+    vgg = pair.startswith("vgg")
+    assert ft.params.paraphraser_lr == (None if vgg else 0.01) and not ft.params.paraphraser_bn
+    beta = 2.0 if pair.startswith(("resnet56", "resnet110")) else 8.0 if "x4" in pair else 6.0
+    assert build_terms([_cifar_term(pair, "dkd")])[0].params.beta == beta
+    assert build_terms([_cifar_term(pair, "crd")])[0].params.negatives == "other_class"
+    # kdlab's SP / PKT are b times RepDistiller's values: 3000 and 30000 at batch 64
+    assert build_terms([_cifar_term(pair, "sp")])[0].weight == 3000 / 64
+    assert build_terms([_cifar_term(pair, "pkt")])[0].weight == 30000 / 64
+
+
 @pytest.mark.parametrize("pair", sorted(REFERENCE_PAIRS))
 def test_cifar_recipes_build_on_their_pair(pair: str) -> None:
     from kdlab.models import MODELS  # noqa: PLC0415
