@@ -10,7 +10,7 @@ STAMP := $(VENV)/.kdlab-installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev,tune]'
+	$(PY) -m pip install -q -e '.[dev,tune,hf,export,shards]'
 	touch $(STAMP)
 
 demo: $(STAMP)

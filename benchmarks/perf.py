@@ -18,6 +18,10 @@ bf16 autocast, ``torch.compile``, teacher-output caching) are measured on a few 
     OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/perf.py --out benchmarks/RESULTS.md
 
 Pairs whose models are not registered (the CIFAR zoo) are skipped and listed.
+
+``--vs-repdistiller PATH`` instead measures kdlab's KD step side by side with
+RepDistiller's own ``train_distill`` (see ``benchmarks/sidebyside.py``) and replaces
+only that section of the results file.
 """
 
 from __future__ import annotations
@@ -40,10 +44,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from kdlab import recipes
 from kdlab.bench import load_protocol
 from kdlab.config import load_config
 from kdlab.data import DataBundle, TensorSplit
 from kdlab.engine import train
+from kdlab.engine.handlers import Timing
 from kdlab.methods import METHODS
 from kdlab.models import MODELS, create_model
 
@@ -139,33 +145,28 @@ def engine_step_ms(
 ) -> dict[str, float]:
     """Time between consecutive iterations of a real ``train`` run (fastest and median).
 
-    With ``baseline = (student_step, teacher_inference)`` both are timed inside the
-    progress callback after every engine iteration (and excluded from it), so each
+    With ``baseline = (student_step, teacher_inference)`` both are timed by the
+    engine's Timing handler between engine iterations (and excluded from them), so each
     distillation step is compared with a baseline measured at the same moment: on a
     shared machine the load changes within seconds.
     """
     cfg = load_config(recipe)
     per_epoch = len(bundle.train) // cfg.data.batch_size  # drop_last
     skip = (cfg.train.epochs - 1) * per_epoch  # time the last epoch only (cache_teacher)
-    deltas: list[float] = []
     base_s: list[float] = []
     base_t: list[float] = []
-    last = [0.0]
 
-    def on_step(_stage: str, it: int, _total: int) -> None:
-        now = CLOCK()
-        if it > skip + 1:
-            deltas.append(now - last[0])
+    def between() -> None:
         if baseline is not None:
             for fn, out in zip(baseline, (base_s, base_t)):
                 t0 = CLOCK()
                 fn()
                 out.append(CLOCK() - t0)
-        last[0] = CLOCK()
 
+    timing = Timing(clock=CLOCK, between=between)
     with tempfile.TemporaryDirectory() as d:
-        train(cfg, run_dir=d, progress=on_step, bundle=bundle)
-    deltas = deltas[warmup : warmup + steps]
+        train(cfg, run_dir=d, bundle=bundle, handlers=[timing])
+    deltas = [s for _, it, s in timing.records if it > skip + 1][warmup : warmup + steps]
     res = {"distill_ms": 1000.0 * statistics.median(deltas), "distill_min_ms": 1000 * min(deltas)}
     if baseline is not None:
         # the baseline after iteration i+1 pairs with the delta that ended there
@@ -182,9 +183,8 @@ def engine_step_ms(
 
 
 def _digits_recipe(method: str) -> dict[str, Any] | None:
-    path = ROOT / "configs" / "digits" / f"{method}.yaml"
-    if path.is_file():
-        return yaml.safe_load(path.read_text()).get("distill")
+    if f"digits/{method}" in recipes.names("digits"):
+        return yaml.safe_load(recipes.find(f"digits/{method}").read_text()).get("distill")
     return None
 
 
@@ -457,7 +457,7 @@ def render(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--pairs", nargs="+", default=list(PAIRS))
     p.add_argument("--methods", nargs="+", help="default: every registered method but ce")
     p.add_argument(
@@ -493,7 +493,16 @@ def main(argv: list[str] | None = None) -> int:
         choices=["thread", "wall"],
         help="thread: CPU time of the training thread (default with --threads 1); wall",
     )
+    p.add_argument(
+        "--vs-repdistiller",
+        metavar="PATH",
+        help="a RepDistiller checkout: measure KD side by side with its train_distill",
+    )
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds (side by side)")
+    p.add_argument("--vs-steps", type=int, default=8, help="timed steps per round and runner")
     args = p.parse_args(argv)
+    if args.vs_repdistiller:
+        return side_by_side(args, argv)
     if args.render:
         results = json.loads(Path(args.render[0]).read_text())
         if len(args.render) > 1:
@@ -541,6 +550,46 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     print(render(results))
+    return 0
+
+
+def replace_section(path: Path, text: str) -> None:
+    """Put ``text`` (starting with a ``## `` heading) in place of that section of the
+    file, or at its end: other sections are kept."""
+    heading = text.splitlines()[0]
+    old = path.read_text() if path.is_file() else ""
+    if heading not in old:
+        path.write_text(old.rstrip("\n") + "\n\n" + text)
+        return
+    before, rest = old.split(heading, 1)
+    after = rest.split("\n## ", 1)
+    tail = "\n## " + after[1] if len(after) > 1 else ""
+    path.write_text(before + text.rstrip("\n") + "\n" + tail)
+
+
+def side_by_side(args: argparse.Namespace, argv: list[str] | None) -> int:
+    import subprocess  # noqa: PLC0415
+
+    import sidebyside  # noqa: PLC0415 - benchmarks/sidebyside.py, beside this script
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    info = machine()
+    rows = sidebyside.measure(
+        args.vs_repdistiller, list(sidebyside.PAIRS), args.vs_steps, args.rounds, log
+    )
+    commit = subprocess.run(
+        ["git", "-C", args.vs_repdistiller, "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    command = "python benchmarks/perf.py " + " ".join(argv or sys.argv[1:])
+    text = sidebyside.render(rows, info, command, commit or "unknown commit")
+    replace_section(Path(args.out), text)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
+    print(text)
     return 0
 
 

@@ -23,6 +23,8 @@ from kdlab.views import build_views
 ROOT = Path(__file__).resolve().parents[1]
 # Methods evaluated by their own protocols, not by a classification table.
 NOT_CLASSIFIERS = {"ce", "cqd", "darkrank", "triplet"}
+# Transformer methods (hidden states, attention) are checked on tiny BERT pairs instead.
+NOT_CLASSIFIERS |= {"attention_kl", "hidden_cosine", "hidden_mse"}
 HAVE_FASHION = Path(FASHION_MNIST_ROOT, "train-images-idx3-ubyte.gz").is_file()
 
 

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from kdlab.config import DataConfig
-from kdlab.data import TensorLoader, TensorSplit, build_dataset
-from kdlab.data.augment import random_crop, random_hflip
+from kdlab.data import DATASET_OPTIONS, DATASETS, TensorLoader, TensorSplit, build_dataset
+from kdlab.data.base import check_bundle
 from kdlab.data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from kdlab.errors import DataError
+from kdlab.views.augment import random_crop, random_hflip
 
 
 def _cfg(**kwargs: Any) -> DataConfig:
@@ -426,3 +427,116 @@ def test_random_hflip_flips_exactly_the_chosen_samples() -> None:
     assert 0 < int(chosen.sum()) < 32
     assert torch.equal(out[chosen], x[chosen].flip(3))
     assert torch.equal(out[~chosen], x[~chosen])
+
+
+# ---------------------------------------------------------------- npz layouts and labels
+
+
+def _npz(tmp_path: Path, name: str = "a.npz", **arrays: np.ndarray) -> str:
+    np.savez(tmp_path / name, **arrays)
+    return str(tmp_path / name)
+
+
+def test_npz_channels_last_images_are_moved_not_misread(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 6, 6, 3)).astype(np.float32)  # (N, H, W, C)
+    x[..., 1] += 5.0  # channel 1 is recognisable
+    path = _npz(tmp_path, x=x, y=np.arange(30) % 3, x_test=x[:6], y_test=np.arange(6) % 3)
+    b = build_dataset(_cfg(name="npz", root=path, normalize=False, val_fraction=0.0))
+    assert b.in_channels == 3 and b.image_size == (6, 6) and b.extra["layout"] == "nhwc"
+    np.testing.assert_array_equal(b.test.x.numpy(), x[:6].transpose(0, 3, 1, 2))
+    assert float(b.test.x[:, 1].mean()) > 4.0  # channel 1 stayed one channel
+    cube = _npz(tmp_path, "cube.npz", x=np.zeros((9, 4, 4, 4)), y=np.arange(9) % 3)
+    with pytest.raises(DataError, match=r"\(9, 4, 4, 4\): set data.options.layout to 'nchw'"):
+        build_dataset(_cfg(name="npz", root=cube))
+    for layout, channels in (("nchw", 4), ("nhwc", 4)):
+        cfg = _cfg(name="npz", root=cube, options={"layout": layout}, normalize=False)
+        assert build_dataset(cfg).in_channels == channels
+    with pytest.raises(DataError, match="layout 'ncl' needs a 3-D array, got shape"):
+        build_dataset(_cfg(name="npz", root=cube, options={"layout": "ncl"}))
+    with pytest.raises(DataError, match="layout must be one of nchw, nhwc, nhw, ncl"):
+        build_dataset(_cfg(name="npz", root=cube, options={"layout": "chw"}))
+
+
+def test_npz_sequences_stay_one_dimensional(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 2, 12)).astype(np.float32)  # (N, C, L)
+    x[:, 1] = x[:, 1] * 3 + 7
+    path = _npz(tmp_path, x=x, y=np.arange(40) % 4)
+    with pytest.raises(DataError, match=r"\(40, 2, 12\) may be grey images or sequences.*'ncl'"):
+        build_dataset(_cfg(name="npz", root=path))
+    b = build_dataset(_cfg(name="npz", root=path, options={"layout": "ncl"}))
+    assert b.train.x.shape[1:] == (2, 12) and b.in_channels == 2 and b.image_size == (12,)
+    check_bundle(b, "npz")
+    # Standardised per channel over samples and positions, with the training statistics.
+    torch.testing.assert_close(b.train.x.mean(dim=(0, 2)), torch.zeros(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(b.train.x.std(dim=(0, 2)), torch.ones(2), atol=1e-5, rtol=0)
+    grey = _npz(tmp_path, "grey.npz", x=x[:, :, :2].repeat(3, 1).repeat(3, 2), y=np.arange(40) % 4)
+    assert build_dataset(_cfg(name="npz", root=grey)).train.x.shape[1:] == (1, 6, 6)  # square
+
+
+def test_npz_labels_that_would_widen_the_head_are_refused(tmp_path: Path) -> None:
+    x = np.random.default_rng(2).normal(size=(12, 5)).astype(np.float32)
+    y = np.array([0, 1000, 2000] * 4)
+    sparse = _npz(tmp_path, "sparse.npz", x=x, y=y)
+    with pytest.raises(DataError, match=r"not the classes 0\.\.2000: 1, 2, 3.*label_map: sorted"):
+        build_dataset(_cfg(name="npz", root=sparse))
+    b = build_dataset(_cfg(name="npz", root=sparse, options={"label_map": "sorted"}))
+    assert b.num_classes == 3 and b.extra["label_map"] == {0: 0, 1000: 1, 2000: 2}
+    listed = build_dataset(_cfg(name="npz", root=sparse, options={"label_map": [2000, 0, 1000]}))
+    assert listed.num_classes == 3
+    assert sorted(listed.train.y.tolist() + listed.val.y.tolist() + listed.test.y.tolist()) == [
+        0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2
+    ]  # fmt: skip
+    with pytest.raises(DataError, match=r"label\(s\) 2000 are not in data.options.label_map"):
+        build_dataset(_cfg(name="npz", root=sparse, options={"label_map": {0: 0, 1000: 1}}))
+    assert build_dataset(_cfg(name="npz", root=sparse, options={"num_classes": 2001})).num_classes
+    unseen = _npz(tmp_path, "unseen.npz", x=x, y=np.arange(12) % 6, x_test=x[:2], y_test=[7, 0])
+    with pytest.raises(DataError, match=r"\[y_test\]: label\(s\) 7 never occur in the training"):
+        build_dataset(_cfg(name="npz", root=unseen))
+    names = _npz(tmp_path, "names.npz", x=x, y=np.array(["cat", "dog", "eel"] * 4))
+    with pytest.raises(DataError, match="labels must be integers.*label_map"):
+        build_dataset(_cfg(name="npz", root=names))
+    b = build_dataset(_cfg(name="npz", root=names, options={"label_map": "sorted"}))
+    assert b.num_classes == 3 and b.extra["label_map"] == {"cat": 0, "dog": 1, "eel": 2}
+
+
+@pytest.mark.parametrize(
+    ("name", "option", "hint"),
+    [
+        ("digits", "per_class", "takes no options"),
+        ("digits_classes", "train_class", "did you mean 'train_classes'"),
+        ("npz", "layuot", "did you mean 'layout'"),
+        ("mnist_idx", "label_mpa", "did you mean 'label_map'"),
+    ],
+)
+def test_every_dataset_refuses_unknown_options(name: str, option: str, hint: str) -> None:
+    # Checked before the builder runs: no file is needed to get the error.
+    with pytest.raises(DataError, match=f"data.options.{option}: not an option of .*{hint}"):
+        build_dataset(_cfg(name=name, options={option: 1}))
+    kdlab_datasets = [n for n, b in DATASETS.items() if b.__module__.startswith("kdlab.")]
+    assert set(kdlab_datasets) <= set(DATASET_OPTIONS)
+
+
+def test_npz_sequences_train_a_1d_model_end_to_end(tmp_path: Path) -> None:
+    from kdlab.config import load_config  # noqa: PLC0415
+    from kdlab.engine import train  # noqa: PLC0415
+    from kdlab.engine.checkpoint import load_weights  # noqa: PLC0415
+
+    rng = np.random.default_rng(3)
+    y = np.arange(60) % 3
+    x = rng.normal(size=(60, 2, 16)).astype(np.float32) + y[:, None, None]  # learnable
+    path = _npz(tmp_path, x=x, y=y)
+    cfg = load_config(
+        {
+            "output_dir": str(tmp_path),
+            "student": {"name": "cnn1d_tiny"},
+            "data": {"name": "npz", "root": path, "options": {"layout": "ncl"}},
+            "train": {"epochs": 2, "progress": False, "optimizer": {"lr": 0.1}},
+        }
+    )
+    res = train(cfg)
+    weights = load_weights(Path(res.run_dir) / "model.safetensors")
+    first = next(v for k, v in weights.items() if k.endswith("conv.weight"))
+    assert first.dim() == 3 and first.shape[1] == 2  # Conv1d over the 2 channels, not 2-D
+    assert 0.0 <= res.test_acc_last <= 100.0

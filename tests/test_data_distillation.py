@@ -9,29 +9,30 @@ from torch import nn
 
 from kdlab.errors import ConfigError
 from kdlab.pipelines import data_distillation as dd
+from kdlab.views import geometric as geo
 
 
 def test_shift_moves_pixels_and_replicates_the_border() -> None:
     x = torch.arange(16.0).view(1, 1, 4, 4)
-    right = dd.shift(x, dx=1)
+    right = geo.shift(x, dx=1)
     assert torch.equal(right[..., 1:], x[..., :3])
     assert torch.equal(right[..., 0], x[..., 0])  # replicated border column
-    up = dd.shift(x, dy=-2)
+    up = geo.shift(x, dy=-2)
     assert torch.equal(up[..., :2, :], x[..., 2:, :])
     assert torch.equal(up[..., 3, :], x[..., 3, :])
-    assert torch.equal(dd.shift(dd.shift(x, 1, 1), -1, -1)[..., 1:3, 1:3], x[..., 1:3, 1:3])
+    assert torch.equal(geo.shift(geo.shift(x, 1, 1), -1, -1)[..., 1:3, 1:3], x[..., 1:3, 1:3])
     with pytest.raises(ConfigError, match="as large"):
-        dd.shift(x, dx=4)
+        geo.shift(x, dx=4)
 
 
 def test_scale_identity_zoom_and_constant() -> None:
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(dd.scale(x, 1.0), x)
+    torch.testing.assert_close(geo.scale(x, 1.0), x)
     const = torch.full((1, 1, 8, 8), 3.0)
-    torch.testing.assert_close(dd.scale(const, 1.3), const)
+    torch.testing.assert_close(geo.scale(const, 1.3), const)
     # zooming in by 2 maps the centre 4x4 block onto the whole image: its mean is kept
     ramp = torch.arange(8.0).repeat(8, 1).view(1, 1, 8, 8)
-    z = dd.scale(ramp, 2.0)
+    z = geo.scale(ramp, 2.0)
     assert float(z.mean()) == pytest.approx(float(ramp[..., 2:6, 2:6].mean()), abs=1e-5)
     assert float(z.min()) > float(ramp.min()) and float(z.max()) < float(ramp.max())
 
@@ -73,7 +74,7 @@ def test_ensemble_is_the_average_of_transformed_probabilities_and_threshold_drop
 
 
 def test_unknown_transform_and_empty_list_are_config_errors() -> None:
-    with pytest.raises(Exception, match="unknown inference transform 'shfit'"):
+    with pytest.raises(Exception, match="unknown view 'shfit'; did you mean 'shift'"):
         dd.build_transforms([{"type": "shfit"}])
     with pytest.raises(ConfigError, match="at least one"):
         dd.build_transforms([])

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from pydantic import Field
 from torch import Tensor
 
-from kdlab.distiller import Distiller
+from kdlab.config import load_config
+from kdlab.distiller import Distiller, IdleTermWarning
+from kdlab.engine.stages import resolve_stages
 from kdlab.errors import ConfigError, ModelError
 from kdlab.methods import METHODS, StepContext, Term, TermParams, build_terms
 from kdlab.models import create_model
@@ -135,3 +139,30 @@ def test_duplicate_term_names_and_unknown_params() -> None:
         "kd",
         "kd2",
     ]
+
+
+def test_pre_stage_only_terms_are_named_when_a_default_forward_leaves_them_out() -> None:
+    s, t = pair()
+    spec = {"method": "fitnet", "student": ["stages.0"], "teacher": ["stages.1"]}
+    d = Distiller(
+        s, t, build_terms([{"method": "ce"}, spec]), example_input=torch.randn(2, 1, 8, 8)
+    )
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    with pytest.warns(IdleTermWarning, match=r"'fitnet' train only in a pre-stage .*'hint'"):
+        out = d(x, y)
+    assert set(out.losses) == {"ce"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per Distiller; explicit losses never warn
+        d(x, y)
+        assert set(d(x, y, losses={"ce": 1.0, "fitnet": 2.0}).losses) == {"ce", "fitnet"}
+        assert d.main_losses() == {"ce": 1.0}
+        # The engine's main stage asks for main_losses() explicitly: no warning in a run.
+        cfg = load_config(
+            {"student": {"name": "cnn_small"}, "distill": {"terms": [{"method": "ce"}]}}
+        )
+        fresh = Distiller(
+            s, t, build_terms([{"method": "ce"}, spec]), None, torch.zeros(2, 1, 8, 8)
+        )
+        main = resolve_stages(cfg, fresh)[-1]
+        assert main.losses == {"ce": 1.0}
+        fresh(x, y, losses=main.losses)

@@ -163,8 +163,9 @@ def test_generated_arrays_raise_only_data_errors(x: np.ndarray, y: np.ndarray, k
     try:
         check_finite(x, "x")
         check_labels(y, k, "y")
-        xt = torch.from_numpy(np.ascontiguousarray(x).astype(np.float32))
-        yt = torch.from_numpy(np.ascontiguousarray(y).astype(np.int64))
+        # astype, not ascontiguousarray, which turns a 0-d array into a 1-d one
+        xt = torch.from_numpy(x.astype(np.float32, order="C"))
+        yt = torch.from_numpy(y.astype(np.int64, order="C"))
         split = TensorSplit(xt, yt)
         channels = int(xt.shape[1]) if xt.dim() == 4 else 1
         check_bundle(DataBundle(split, None, split, k, channels, (1, 1)), "generated")

@@ -159,3 +159,22 @@ def test_fashion_mnist_real_files() -> None:
     assert b.extra["mean"] == pytest.approx(0.2860, abs=1e-4)
     assert b.extra["std"] == pytest.approx(0.3530, abs=1e-4)
     assert b.extra["classes"][9] == "Ankle boot"
+
+
+def test_sparse_or_unseen_labels_are_refused_and_a_label_map_numbers_them(tmp_path: Path) -> None:
+    arrays = _arrays()
+    arrays["train_y"] = arrays["train_y"] + 1  # EMNIST letters style: 1..4, no class 0
+    arrays["test_y"] = arrays["test_y"] + 1
+    root = _write(tmp_path / "letters", arrays, gz=False)
+    with pytest.raises(DataError, match=r"classes 0\.\.4: 0 never occur.*label_map: sorted"):
+        build_dataset(DataConfig(name="mnist_idx", root=str(root)))
+    b = build_dataset(DataConfig(name="mnist_idx", root=str(root), options={"label_map": "sorted"}))
+    assert b.num_classes == 4 and b.extra["label_map"] == {1: 0, 2: 1, 3: 2, 4: 3}
+    assert b.test.y.tolist() == (arrays["test_y"].astype(int) - 1).tolist()
+    arrays = _arrays()
+    arrays["test_y"][3] = 7  # a test class the training file lacks
+    root = _write(tmp_path / "unseen", arrays, gz=False)
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte: label\(s\) 7 never occur"):
+        build_dataset(DataConfig(name="mnist_idx", root=str(root)))
+    wide = build_dataset(DataConfig(name="mnist_idx", root=str(root), options={"num_classes": 8}))
+    assert wide.num_classes == 8  # stated explicitly: allowed

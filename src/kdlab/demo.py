@@ -16,13 +16,14 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from kdlab import recipes
 from kdlab.config import load_config, read_yaml
 from kdlab.engine import RunResult, train
 from kdlab.errors import ConfigError
 from kdlab.methods import METHODS
 from kdlab.report import fmt_mean_std, markdown_table, mean_std, write_csv
 
-RECIPES = Path(__file__).resolve().parents[2] / "configs" / "digits"
+RECIPES = recipes.folder("digits")
 
 BASE: dict[str, Any] = {
     "data": {"name": "digits", "batch_size": 64},
@@ -152,7 +153,7 @@ def run_demo(
     runs: list[tuple[str, int]] = [(m, s) for m in names for s in range(seeds)]
     bar = tqdm(total=len(runs) + 1, desc="demo", disable=not show_progress, dynamic_ncols=True)
     bar.set_postfix_str("teacher")
-    teacher_result = train(teacher_cfg)
+    teacher_result = train(teacher_cfg, overwrite=True)
     bar.update(1)
 
     rows: dict[str, DemoRow] = {m: DemoRow(m, []) for m in names}
@@ -169,7 +170,7 @@ def run_demo(
         }
         if method != "vanilla":
             recipe["teacher"] = {"name": teacher, "checkpoint": str(out / "teacher")}
-        rows[method].results.append(train(load_config(recipe)))
+        rows[method].results.append(train(load_config(recipe), overwrite=True))
         bar.update(1)
     bar.close()
     wall = time.time() - start

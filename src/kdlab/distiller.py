@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,10 @@ from kdlab.errors import ConfigError, KdlabError, ModelError, TapError, did_you_
 from kdlab.methods.base import Pass, Shapes, StepContext, Term
 from kdlab.taps import FeatureTaps, Tap, model_logits
 from kdlab.views import ViewFn, check_view, identity
+
+
+class IdleTermWarning(UserWarning):
+    """A term that only trains in a pre-stage was left out of a default forward."""
 
 
 @dataclass
@@ -73,6 +78,7 @@ class Distiller(nn.Module):
             if teacher is not None
             else None
         )
+        self._idle_warned = False
         self._check_logits_fit(example_input)
         if example_input is not None:
             self._setup_terms(example_input)
@@ -97,11 +103,15 @@ class Distiller(nn.Module):
         return self
 
     def _check_logits_fit(self, example: Tensor | None) -> None:
-        if example is None or self.teacher is None:
+        # One small forward now: a model whose logits cannot be found (or do not fit the
+        # teacher's) fails here, naming its outputs, not at the first training step.
+        if example is None:
             return
         with torch.no_grad():
-            s = model_logits(_eval_forward(self.student, example[:2]))
-            t = model_logits(_eval_forward(self.teacher, example[:2]))
+            s = model_logits(_eval_forward(self.student, example[:2]), where="the student")
+            if self.teacher is None:
+                return
+            t = model_logits(_eval_forward(self.teacher, example[:2]), where="the teacher")
         if s.shape[1:] != t.shape[1:]:
             raise ModelError(
                 f"student outputs {tuple(s.shape[1:])} but teacher outputs "
@@ -138,7 +148,7 @@ class Distiller(nn.Module):
     @staticmethod
     def _probe(model: nn.Module, taps: FeatureTaps, x: Tensor) -> dict[Tap, torch.Size]:
         taps.clear()
-        out = model_logits(_eval_forward(model, x))
+        out = model_logits(_eval_forward(model, x), where=f"the {taps.role}")
         shapes = {tap: taps.get(tap).shape for tap in taps.taps}
         shapes[Tap("")] = out.shape
         taps.clear()
@@ -159,10 +169,15 @@ class Distiller(nn.Module):
 
         Args:
             losses: which losses to compute, ``{term or term.mode: weight}``; default is
-                every main-stage term with its own weight.
+                every main-stage term with its own weight (:meth:`main_losses`). Terms
+                that only drive a pre-stage (fitnet's hints, AB's and FSP's
+                initialisation, FT's paraphraser) are then left out, and the first such
+                call warns (:class:`IdleTermWarning`) naming them and their stages.
             progress: the share of the running stage done before this step, in [0, 1),
                 for terms whose schedule scales with the training length.
         """
+        if losses is None and not self._idle_warned:
+            self._warn_idle_terms()
         plan = self.loss_plan(losses)
         view_cache: dict[str, Tensor] = {}
 
@@ -210,12 +225,34 @@ class Distiller(nn.Module):
         shown = student_passes.get("default") or next(iter(student_passes.values()))
         return DistillOutput(total=total, losses=out, logits=shown.logits)
 
+    def main_losses(self) -> dict[str, float]:
+        """``{term: weight}`` of the main stage: what ``losses=None`` computes."""
+        return {t.term_name: t.weight for t in self.terms.values() if t.in_main_stage}
+
+    def _warn_idle_terms(self) -> None:
+        # Once per Distiller: a Python caller of distiller(x, y) would otherwise never
+        # learn that e.g. fitnet's hint loss (a pre-stage only term) was not computed.
+        self._idle_warned = True
+        idle = [t for t in self.terms.values() if not t.in_main_stage]
+        if not idle:
+            return
+        stages = {s.name: dict(s.losses) for t in idle for s in t.pre_stages()}
+        names = ", ".join(repr(t.term_name) for t in idle)
+        warnings.warn(
+            f"Distiller: term(s) {names} train only in a pre-stage ({stages or 'none declared'}"
+            "), so a forward without losses= leaves them out; pass losses={...} to compute "
+            "them (e.g. a pre-stage's losses), set main_stage: true in the term to add it to "
+            "the main stage, or train with kdlab.engine.train, which runs the stages",
+            IdleTermWarning,
+            stacklevel=3,
+        )
+
     def loss_plan(
         self, losses: Mapping[str, float] | None = None
     ) -> list[tuple[Term, str | None, float]]:
         """``(term, mode, weight)`` for each loss to compute; validates names."""
         if losses is None:
-            return [(t, None, t.weight) for t in self.terms.values() if t.in_main_stage]
+            return [(t, None, t.weight) for t in self.terms.values() if t.main_stage]
         plan = []
         for key, weight in losses.items():
             name, _, mode = key.partition(".")
@@ -231,7 +268,7 @@ class Distiller(nn.Module):
         if input_grad:
             x = x.detach().requires_grad_(True)
         self.student_taps.clear()
-        logits = model_logits(self.student(x))
+        logits = model_logits(self.student(x), where="the student")
         feats = {tap: self.student_taps.get(tap) for tap in self.student_taps.taps}
         return Pass(input=x, logits=logits, features=feats)
 
@@ -258,7 +295,7 @@ class Distiller(nn.Module):
         if input_grad:  # Jacobian terms differentiate the teacher w.r.t. its input
             x = x.detach().requires_grad_(True)
             with torch.enable_grad():
-                logits = model_logits(teacher(x))
+                logits = model_logits(teacher(x), where="the teacher")
             feats = {tap: taps.get(tap) for tap in taps.taps}
             return Pass(input=x, logits=logits, features=feats)
         # inference_mode skips autograd's bookkeeping entirely (resnet56 at batch 64 on
@@ -266,7 +303,7 @@ class Distiller(nn.Module):
         # backward, so the outputs a loss uses are cloned out of the mode: the logits
         # and the tapped features only, small next to the forward itself.
         with torch.inference_mode():
-            logits = model_logits(teacher(x))
+            logits = model_logits(teacher(x), where="the teacher")
             feats = {tap: taps.get(tap) for tap in taps.taps}
         logits = logits.clone()
         feats = {k: v.clone() for k, v in feats.items()}

@@ -46,6 +46,10 @@ class NumericalError(KdlabError, FloatingPointError):
     """A loss or input became NaN or infinite."""
 
 
+class RunFolderError(KdlabError, ValueError):
+    """A run folder is in use, holds another run, or lacks a file a reader needs."""
+
+
 def did_you_mean(name: str, valid: Iterable[str], n: int = 3) -> str:
     """A short hint listing the closest valid names to ``name``."""
     valid = sorted(set(valid))

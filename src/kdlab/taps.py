@@ -2,8 +2,12 @@
 
 A tap string is ``"layer2.1.bn2"`` (the module's output) or ``"layer2.1.relu:input"``
 (its first positional input, e.g. a pre-activation). The empty path ``""`` is the
-model itself, so ``":output"`` is its raw output and ``"fc:input"`` the penultimate
-features of most classifiers.
+model itself, so ``":output"`` is its output and ``"fc:input"`` the penultimate
+features of most classifiers. A module that returns a tuple gives its first tensor;
+``":output.K"`` (or ``":input.K"``) picks element K instead, e.g. the attention
+probabilities of a Hugging Face self-attention module,
+``"bert.encoder.layer.0.attention.self:output.1"``. :func:`model_logits` and
+:func:`select_output` say which part of a model's output is the logits.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from kdlab.errors import TapError
+from kdlab.errors import ModelError, TapError
 
 TapKind = Literal["output", "input"]
 
@@ -27,6 +31,7 @@ class Tap:
 
     path: str
     kind: TapKind = "output"
+    index: int | None = None  # element of a tuple output / of the positional inputs
 
     @classmethod
     def parse(cls, spec: str | Tap) -> Tap:
@@ -34,13 +39,18 @@ class Tap:
             return spec
         if not isinstance(spec, str):
             raise TapError(f"a tap must be a string like 'layer2' or 'fc:input', got {spec!r}")
-        path, _, kind = spec.partition(":")
-        kind = kind or "output"
-        if kind not in ("output", "input"):
-            raise TapError(f"tap {spec!r}: the suffix must be ':input' or ':output', not {kind!r}")
-        return cls(path.strip(), kind)  # type: ignore[arg-type]
+        path, _, suffix = spec.partition(":")
+        kind, dot, index = (suffix or "output").partition(".")
+        if kind not in ("output", "input") or (dot and not index.isdigit()):
+            raise TapError(
+                f"tap {spec!r}: the suffix must be ':input' or ':output', optionally with an "
+                f"element index (':output.1'), not {suffix!r}"
+            )
+        return cls(path.strip(), kind, int(index) if dot else None)  # type: ignore[arg-type]
 
     def __str__(self) -> str:
+        if self.index is not None:
+            return f"{self.path}:{self.kind}.{self.index}"
         return self.path if self.kind == "output" else f"{self.path}:input"
 
 
@@ -68,6 +78,8 @@ def resolve(model: nn.Module, path: str, role: str = "model") -> nn.Module:
 
 
 def _first_tensor(value: Any) -> Tensor:
+    """A tapped module's tensor: the value itself, or the first tensor of a tuple, list or
+    dict (an LSTM's output sequence, a transformer layer's hidden states)."""
     if isinstance(value, Tensor):
         return value
     if isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
@@ -76,15 +88,137 @@ def _first_tensor(value: Any) -> Tensor:
         for v in value.values():
             if isinstance(v, Tensor):
                 return v
-    logits = getattr(value, "logits", None)
-    if isinstance(logits, Tensor):
-        return logits
     raise TapError(f"cannot find a tensor in a module's {type(value).__name__} value")
 
 
-def model_logits(output: Any) -> Tensor:
-    """The logits in a model's output: a tensor, ``.logits``, or the first element."""
-    return _first_tensor(output)
+def _element(value: Any, tap: Tap) -> Tensor:
+    """The tensor a tap captures from a module's output (or positional inputs)."""
+    if tap.index is None:
+        return _first_tensor(value)
+    items = value if isinstance(value, (tuple, list)) else (value,)
+    if tap.index < len(items) and isinstance(items[tap.index], Tensor):
+        return items[tap.index]
+    shown = ", ".join(
+        f"Tensor{tuple(v.shape)}" if isinstance(v, Tensor) else type(v).__name__ for v in items
+    )
+    raise TapError(
+        f"tap {str(tap)!r}: element {tap.index} of the module's {tap.kind} ({shown}) is not a "
+        "tensor (Hugging Face attention weights exist only with attn_implementation 'eager')"
+    )
+
+
+OutputChoice = int | str | None
+
+
+def _entries(output: Any) -> list[tuple[str, Any]]:
+    """``(label, value)`` for each part of a structured model output, for choosing/naming."""
+    if isinstance(output, Mapping):  # also Hugging Face's ModelOutput (an OrderedDict)
+        return [(repr(k), v) for k, v in output.items()]
+    if isinstance(output, (tuple, list)):
+        return [(f"[{i}]", v) for i, v in enumerate(output)]
+    return []
+
+
+def describe_output(output: Any) -> str:
+    """``"a tuple: [0] tensor (2, 64), [1] tensor (2, 10)"``: what a model returned."""
+    if isinstance(output, Tensor):
+        return f"a tensor {tuple(output.shape)}"
+    parts = []
+    for label, v in _entries(output):
+        shown = f"tensor {tuple(v.shape)}" if isinstance(v, Tensor) else type(v).__name__
+        parts.append(f"{label} {shown}")
+    return f"a {type(output).__name__}" + (": " + ", ".join(parts) if parts else "")
+
+
+def model_logits(output: Any, choice: OutputChoice = None, where: str = "the model") -> Tensor:
+    """The logits in a model's output; never a guess.
+
+    Without ``choice``: a tensor is the logits; else ``.logits`` (Hugging Face's
+    ``ModelOutput``) or key ``"logits"``, found by name; else the only tensor of a tuple,
+    list or dict. Several tensors and no name is a ModelError listing them (taking the
+    first would train on a feature tensor returned before the logits). ``choice`` is an
+    index (a tuple, list, or a dict's values in order) or a key / attribute name.
+    """
+    if choice is None or choice == "logits":
+        if isinstance(output, Tensor):
+            return output
+        named = output.get("logits") if isinstance(output, Mapping) else None
+        named = named if named is not None else getattr(output, "logits", None)
+        if isinstance(named, Tensor):
+            return named
+        if choice is None:
+            tensors = [v for _, v in _entries(output) if isinstance(v, Tensor)]
+            if len(tensors) == 1:
+                return tensors[0]
+            raise ModelError(
+                f"{where} returns {describe_output(output)}; "
+                + ("which one is the logits? " if tensors else "none of it is a tensor; ")
+                + "set its 'output:' in the recipe (student.output / teacher.output: an "
+                "index or key), or call kdlab.select_output(model, choice) in Python"
+            )
+    picked: Any = None
+    found = False
+    if isinstance(choice, int) and not isinstance(choice, bool):
+        values = [v for _, v in _entries(output)]
+        found = -len(values) <= choice < len(values)
+        picked = values[choice] if found else None
+    elif isinstance(choice, str):
+        if isinstance(output, Mapping):
+            found, picked = choice in output, output.get(choice)
+        else:
+            found, picked = hasattr(output, choice), getattr(output, choice, None)
+    if not isinstance(picked, Tensor):
+        what = "is not a tensor" if found else "does not exist"
+        raise ModelError(
+            f"{where}: output {choice!r} {what}; the model returns {describe_output(output)}"
+        )
+    return picked
+
+
+class _LogitsSelector:
+    """A forward hook that makes a model return its logits (a module-level class, so a
+    model holding it can still be deep-copied or pickled)."""
+
+    def __init__(self, choice: OutputChoice, num_classes: int | None, where: str) -> None:
+        self.choice, self.num_classes, self.where = choice, num_classes, where
+
+    def __call__(self, _module: nn.Module, _inputs: Any, output: Any) -> Tensor | None:
+        if isinstance(output, Tensor) and self.choice in (None, "logits"):
+            return None  # a plain tensor is the logits: nothing chosen, nothing to check
+        logits = model_logits(output, self.choice, self.where)
+        n = self.num_classes
+        if n is not None and (logits.dim() != 2 or logits.shape[1] != n):
+            # Only for outputs with parts: a wrong pick trains on features silently.
+            chosen = "output " + repr(self.choice) if self.choice is not None else "the logits"
+            raise ModelError(
+                f"{self.where}: {chosen} has shape {tuple(logits.shape)}, but the data has "
+                f"{n} classes (expected (N, {n})); the model returns "
+                f"{describe_output(output)}: choose another 'output:'"
+            )
+        return logits
+
+
+def select_output(
+    model: nn.Module,
+    choice: OutputChoice = None,
+    num_classes: int | None = None,
+    where: str | None = None,
+) -> nn.Module:
+    """Make ``model(x)`` return its logits, chosen as :func:`model_logits` does.
+
+    A forward hook (the model's code is not edited; its state dict is unchanged) picks
+    the logits out of a tuple, dict or ``ModelOutput`` and, when the output had parts,
+    checks their shape is ``(N, num_classes)``. A plain tensor output passes untouched.
+    Calling it again replaces the previous choice. Returns ``model``.
+    """
+    # Found by type rather than by a stored handle, which a deep copy would detach.
+    for key in [k for k, h in model._forward_hooks.items() if isinstance(h, _LogitsSelector)]:
+        del model._forward_hooks[key]
+        for extra in ("_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
+            getattr(model, extra, {}).pop(key, None)
+    where = where or f"model {type(model).__name__}"
+    model.register_forward_hook(_LogitsSelector(choice, num_classes, where))
+    return model
 
 
 class FeatureTaps:
@@ -110,21 +244,20 @@ class FeatureTaps:
                 hook = module.register_forward_pre_hook(self._make_input_hook(tap, clone_input))
             self._handles.append(hook)
 
-    def _store(self, tap: Tap, value: Any) -> None:
-        t = _first_tensor(value)
+    def _store(self, tap: Tap, t: Tensor) -> None:
         self.features[tap] = t
         # Inference tensors (the teacher under inference_mode) keep no version counter.
         self._versions[tap] = -1 if t.is_inference() else t._version
 
     def _make_output_hook(self, tap: Tap):  # noqa: ANN202
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            self._store(tap, output)
+            self._store(tap, _element(output, tap))
 
         return hook
 
     def _make_input_hook(self, tap: Tap, clone: bool):  # noqa: ANN202
         def hook(_module: nn.Module, inputs: Any) -> None:
-            value = _first_tensor(inputs)
+            value = _element(inputs, tap)
             self._store(tap, value.clone() if clone else value)
 
         return hook

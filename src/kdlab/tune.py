@@ -10,8 +10,10 @@ A search space is a YAML mapping from dotted recipe keys to distributions::
 
 Inside a list (``distill.terms``) an item is named by its index or by its term
 ``name``/``method``. Each trial trains the recipe with its sampled values, reports the
-main stage's validation top-1 accuracy after every epoch to a median pruner, and returns
-the best validation accuracy: the test split is never looked at. Sampling is TPE.
+main stage's validation score (the recipe's ``train.select``: top-1 accuracy by default)
+after every epoch to a median pruner (:class:`OptunaPruning`, an engine handler), and
+returns the best epoch's validation score: the test split is never looked at. The
+study's direction is the selection metric's. Sampling is TPE.
 
 Trials live in an Optuna study in a relational database: a SQLite file by default, or
 any SQLAlchemy URL, e.g. PostgreSQL, so that workers on several machines share one
@@ -38,12 +40,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from ignite.engine import Engine, Events
 from pydantic import model_validator
 
-from kdlab.config import RunConfig, Strict, read_yaml, validate
+from kdlab.config import Strict, read_yaml, set_dotted, validate
+from kdlab.engine.handlers import Handler, StageRun
 from kdlab.errors import ConfigError, KdlabError
-
-OBJECTIVE = "val_acc1"  # maximised; the best epoch's validation top-1 accuracy (percent)
 
 
 class ParamSpec(Strict):
@@ -127,63 +129,22 @@ def load_space(source: str | Path | Mapping[str, Any]) -> dict[str, ParamSpec]:
 # ----------------------------------------------------------------- recipe keys
 
 
-def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``a.b.c`` in nested dicts / lists (list items by index or term name)."""
-    parts = key.split(".")
-    node: Any = data
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        here = ".".join(parts[: i + 1])
-        if isinstance(node, list):
-            idx = _list_item(node, part, here)
-            if last:
-                node[idx] = value
-            else:
-                node = node[idx]
-        elif isinstance(node, dict):
-            if last:
-                node[part] = value
-            else:
-                if node.get(part) is None:
-                    node[part] = {}
-                node = node[part]
-        else:
-            raise ConfigError(f"search key {key!r}: {'.'.join(parts[:i])!r} is not a mapping")
-
-
-def _list_item(node: list[Any], part: str, here: str) -> int:
-    if part.lstrip("-").isdigit():
-        idx = int(part)
-        if -len(node) <= idx < len(node):
-            return idx
-        raise ConfigError(f"search key {here!r}: index {idx} is outside a list of {len(node)}")
-    names = [(it.get("name") or it.get("method")) if isinstance(it, dict) else None for it in node]
-    if names.count(part) == 1:
-        return names.index(part)
-    shown = [n for n in names if n]
-    raise ConfigError(
-        f"search key {here!r}: no single list item named {part!r}; use an index "
-        f"(0..{len(node) - 1}) or one of {shown}"
-    )
-
-
 def apply_params(base: dict[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
     data = copy.deepcopy(base)
     for key, value in params.items():
-        set_dotted(data, key, value)
+        set_dotted(data, key, value, what="search key")
     return data
 
 
 def check_space(base: dict[str, Any], space: Mapping[str, ParamSpec]) -> None:
     """Every key takes its extreme values in the recipe: a typo fails here, not in trial 7."""
-    from kdlab.config import load_config  # noqa: PLC0415
-    from kdlab.methods import build_terms  # noqa: PLC0415
+    from kdlab.config import load_recipe  # noqa: PLC0415
 
     for key, spec in space.items():
         for value in spec.samples():
+            data = apply_params(base, {key: value})  # its errors name the search key
             try:
-                cfg = load_config(apply_params(base, {key: value}))
-                build_terms(cfg.distill.terms)
+                load_recipe(data)  # terms, views and stages included
             except ConfigError as err:
                 raise ConfigError(f"search key {key!r} = {value!r}: {err}") from None
 
@@ -275,6 +236,34 @@ def _redact(url: str) -> str:
     return url
 
 
+def objective_of(settings: TuneSettings) -> tuple[str, str]:
+    """The base recipe's selection metric and direction (``max``/``min``)."""
+    from kdlab.config import load_recipe  # noqa: PLC0415
+    from kdlab.engine.evaluators import selection  # noqa: PLC0415
+
+    return selection(load_recipe(_base_recipe(settings)).train)
+
+
+class OptunaPruning(Handler):
+    """Reports the main stage's validation score to an Optuna trial after every epoch
+    and stops the run (``optuna.TrialPruned``) when the pruner gives up on it."""
+
+    def __init__(self, trial: Any, metric: str) -> None:
+        self.trial, self.key = trial, f"val_{metric}"
+
+    def attach(self, engine: Engine, run: StageRun) -> None:
+        if run.stage.is_main:
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self._report)
+
+    def _report(self, engine: Engine) -> None:
+        score = engine.state.metrics.get(self.key)
+        if score is None:
+            return
+        self.trial.report(score, step=engine.state.epoch)
+        if self.trial.should_prune():
+            raise _optuna().TrialPruned(f"epoch {engine.state.epoch}: {self.key} {score:.4g}")
+
+
 def open_study(settings: TuneSettings, n_trials: int | None = None) -> Any:
     optuna = _optuna()
     startup = 10 if n_trials is None else max(2, min(10, n_trials // 3))
@@ -292,20 +281,21 @@ def open_study(settings: TuneSettings, n_trials: int | None = None) -> Any:
         storage=make_storage(settings.storage, settings.heartbeat),
         sampler=sampler,
         pruner=pruner,
-        direction="maximize",
+        direction="minimize" if objective_of(settings)[1] == "min" else "maximize",
         load_if_exists=True,
     )
 
 
 def _base_recipe(settings: TuneSettings) -> dict[str, Any]:
     from kdlab.config import apply_overrides  # noqa: PLC0415
+    from kdlab.recipes import find  # noqa: PLC0415
 
-    return apply_overrides(read_yaml(settings.config), settings.overrides)
+    return apply_overrides(read_yaml(find(settings.config)), settings.overrides)
 
 
 def run_worker(settings: TuneSettings, n_trials: int | None, timeout: float | None) -> int:
     """Run trials of the shared study until ``n_trials`` or ``timeout``; returns how many."""
-    optuna = _optuna()
+    _optuna()
     from kdlab.config import load_config  # noqa: PLC0415
     from kdlab.data import build_dataset  # noqa: PLC0415
     from kdlab.engine import train  # noqa: PLC0415
@@ -318,6 +308,7 @@ def run_worker(settings: TuneSettings, n_trials: int | None, timeout: float | No
     out = Path(settings.out)
     (out / "trials").mkdir(parents=True, exist_ok=True)
     study = open_study(settings, n_trials)
+    metric = objective_of(settings)[0]
     worker = f"{socket.gethostname()}:{os.getpid()}"
     datasets: dict[str, Any] = {}
 
@@ -327,8 +318,8 @@ def run_worker(settings: TuneSettings, n_trials: int | None, timeout: float | No
         data["name"] = f"{settings.study}-{trial.number:04d}"
         cfg = load_config(data)
         cfg.train.progress = False
-        if validate(RunConfig, cfg.model_dump()).data.val_fraction <= 0:
-            raise ConfigError("tuning selects on validation accuracy: set data.val_fraction > 0")
+        if cfg.data.val_fraction <= 0:
+            raise ConfigError("tuning selects on the validation split: set data.val_fraction > 0")
         run_dir = out / "trials" / cfg.name
         trial.set_user_attr("worker", worker)
         trial.set_user_attr("run_dir", str(run_dir))
@@ -338,19 +329,17 @@ def run_worker(settings: TuneSettings, n_trials: int | None, timeout: float | No
             datasets.clear()
             datasets[key] = build_dataset(cfg.data)
         if datasets[key].val is None:
-            raise ConfigError("tuning selects on validation accuracy: the dataset has no val split")
-
-        def on_epoch(row: dict[str, Any]) -> None:
-            if row.get("stage") != "main" or OBJECTIVE not in row:
-                return
-            trial.report(row[OBJECTIVE], step=int(row["epoch"]))
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"epoch {row['epoch']}: val {row[OBJECTIVE]:.2f}")
-
-        result = train(cfg, run_dir=run_dir, bundle=datasets[key], on_epoch=on_epoch)
+            raise ConfigError("tuning selects on the validation split: the dataset has none")
+        result = train(
+            cfg,
+            run_dir=run_dir,
+            bundle=datasets[key],
+            handlers=[OptunaPruning(trial, metric)],
+            overwrite=True,
+        )
         trial.set_user_attr("best_epoch", result.best_epoch)
-        assert result.val_acc is not None
-        return float(result.val_acc)
+        assert result.val_score is not None
+        return float(result.val_score)
 
     def announce(study: Any, trial: Any) -> None:
         value = "" if trial.value is None else f" val={trial.value:.2f}"
@@ -474,7 +463,7 @@ def write_report(study: Any, settings: TuneSettings, space: Mapping[str, ParamSp
     summary: dict[str, Any] = {
         "study": settings.study,
         "storage": _redact(settings.storage),
-        "objective": f"max {OBJECTIVE} (validation top-1 %, best epoch)",
+        "objective": "{1} val_{0} (validation, best epoch)".format(*objective_of(settings)),
         "trials": len(trials),
         "states": {k: v for k, v in counts.items() if v},
     }
@@ -484,7 +473,7 @@ def write_report(study: Any, settings: TuneSettings, space: Mapping[str, ParamSp
         data["name"] = f"{data.get('name', 'run')}-tuned"
         header = (
             f"# kdlab tune: study {settings.study!r}, best of {len(complete)} complete trials\n"
-            f"# trial {best.number}: val top-1 {best.value:.2f}%\n"
+            f"# trial {best.number}: val_{objective_of(settings)[0]} {best.value:.4g}\n"
             + "".join(f"#   {k}: {_short(v)}\n" for k, v in best.params.items())
         )
         (out / "best.yaml").write_text(header + yaml.safe_dump(data, sort_keys=False))
@@ -547,7 +536,7 @@ def plot_study(study: Any, out: Path, keys: Sequence[str]) -> list[str]:
                 label="pruned (last epoch reported)",
             )
         ax.set_xlabel("trial")
-        ax.set_ylabel("validation top-1 (%)")
+        ax.set_ylabel("validation score (best epoch)")
         ax.set_title(f"optimisation history: {study.study_name}")
         ax.legend(loc="lower right")
         fig.tight_layout()

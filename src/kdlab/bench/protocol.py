@@ -44,6 +44,7 @@ from typing import Any
 
 from pydantic import Field
 
+from kdlab import recipes
 from kdlab.config import ModelConfig, RunConfig, Strict, apply_overrides, read_yaml, validate
 from kdlab.errors import ConfigError, did_you_mean
 
@@ -140,9 +141,12 @@ def _find(rel: str, base: Path) -> Path:
     for cand in [p] if p.is_absolute() else [base / p, p]:
         if cand.exists():
             return cand
+    shipped = recipes.resolve(rel)  # configs/... names the recipes shipped with kdlab
+    if shipped is not None:
+        return shipped
     raise ConfigError(
-        f"protocol path {rel!r} not found (looked next to the protocol in {str(base)!r} "
-        "and in the current folder)"
+        f"protocol path {rel!r} not found (looked next to the protocol in {str(base)!r}, "
+        "in the current folder and in kdlab's recipes)"
     )
 
 

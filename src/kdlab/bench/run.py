@@ -13,13 +13,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from kdlab.bench.protocol import Protocol, RunSpec, config_hash, expand
-from kdlab.config import load_config
 from kdlab.data import DataBundle, build_dataset
 from kdlab.engine import train
+from kdlab.engine.handlers import ReportProgress
 from kdlab.errors import ConfigError
-
-RESULTS = "results.json"
-ERROR = "error.txt"
+from kdlab.rundir import RunDir
 
 
 @dataclass
@@ -34,28 +32,22 @@ class RunRecord:
 
 def is_done(run_dir: Path) -> bool:
     """A run is finished once the engine wrote its results.json (the last file it writes)."""
-    return (Path(run_dir) / RESULTS).is_file()
+    return RunDir(run_dir).is_done()
 
 
 def read_record(spec: RunSpec, trained_now: bool = False) -> RunRecord:
-    results = json.loads((spec.run_dir / RESULTS).read_text())
-    metrics = []
-    mpath = spec.run_dir / "metrics.jsonl"
-    if mpath.is_file():
-        for line in mpath.read_text().splitlines():
-            try:
-                metrics.append(json.loads(line))
-            except ValueError:
-                continue  # a line cut by a kill
-    return RunRecord(spec=spec, results=results, metrics=metrics, trained_now=trained_now)
+    rd = RunDir(spec.run_dir)
+    return RunRecord(
+        spec=spec, results=rd.read_results(), metrics=rd.read_metrics(), trained_now=trained_now
+    )
 
 
 def check_same_config(spec: RunSpec) -> None:
     """A run folder may only be reused (read or resumed) for the very same config."""
-    saved = spec.run_dir / "config.yaml"
-    if not saved.is_file():
+    rd = RunDir(spec.run_dir)
+    if not rd.has_config():
         return
-    old = load_config(saved)
+    old = rd.read_config()
     if config_hash(old) == config_hash(spec.cfg):
         return
     a, b = _flat(old.model_dump(mode="json")), _flat(spec.cfg.model_dump(mode="json"))
@@ -152,20 +144,19 @@ def run_matrix(
                     spec.cfg,
                     run_dir=spec.run_dir,
                     resume=resume,
-                    progress=on_step,
                     bundle=bundles[key],
+                    handlers=[ReportProgress(on_step)],
                 )
             except Exception as err:  # one broken run must not end a long benchmark
                 if not keep_going:
                     raise
                 message = f"{type(err).__name__}: {err}"
-                spec.run_dir.mkdir(parents=True, exist_ok=True)
-                (spec.run_dir / ERROR).write_text(traceback.format_exc())
+                RunDir(spec.run_dir).write_error(traceback.format_exc())
                 failures.append((spec, message))
                 tqdm.write(f"kdlab bench: {spec.label} failed ({message.splitlines()[0]})")
                 bar.update(1)
                 continue
-            (spec.run_dir / ERROR).unlink(missing_ok=True)
+            RunDir(spec.run_dir).clear_error()
             records.append(read_record(spec, trained_now=True))
             bar.update(1)
     finally:

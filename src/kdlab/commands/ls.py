@@ -21,6 +21,11 @@ def run(args: argparse.Namespace) -> int:
         args.what
     ]
     for name, obj in registry.items():
-        doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
-        print(f"{name:24s} {doc[0] if doc else ''}")
+        print(f"{name:24s} {describe(obj) or '(no description)'}")
     return 0
+
+
+def describe(obj: object) -> str:
+    """The first line of a registered object's docstring: its one-line description."""
+    doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
+    return doc[0].strip() if doc else ""

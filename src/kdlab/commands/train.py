@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -13,6 +12,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=5")
     p.add_argument("--run-dir", help="run folder (default: output_dir/name)")
     p.add_argument("--resume", action="store_true", help="continue from the last good checkpoint")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a run already in the run folder"
+    )
     p.add_argument(
         "--nproc",
         type=int,
@@ -24,9 +26,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_train)
 
     e = sub.add_parser("eval", help="evaluate a finished run's selected weights")
-    e.add_argument("run", help="a run folder (with config.yaml and model.safetensors)")
+    e.add_argument("run", help="a finished run's folder")
     e.add_argument("--split", choices=["train", "val", "test"], default="test")
-    e.add_argument("--weights", default="model.safetensors", help="file in the run folder")
+    e.add_argument(
+        "--weights",
+        choices=["model", "best", "last"],
+        default="model",
+        help="the selected weights (model), the best-on-validation or the last epoch's",
+    )
     e.set_defaults(func=run_eval)
 
 
@@ -46,6 +53,7 @@ def run_train(args: argparse.Namespace) -> int:
         list(args.overrides),
         args.run_dir,
         args.resume,
+        args.overwrite,
         nproc=args.nproc,
         device=cfg.train.device,
     )
@@ -53,34 +61,40 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _train_worker(
-    local_rank: int, config: str, overrides: list[str], run_dir: str | None, resume: bool
+    local_rank: int,
+    config: str,
+    overrides: list[str],
+    run_dir: str | None,
+    resume: bool,
+    overwrite: bool,
 ) -> None:
     # Module level so that spawned processes can import it.
     from kdlab.config import load_config  # noqa: PLC0415
     from kdlab.engine import distributed, train  # noqa: PLC0415
 
     cfg = load_config(config, overrides)
-    result = train(cfg, run_dir=run_dir, resume=resume)
+    result = train(cfg, run_dir=run_dir, resume=resume, overwrite=overwrite)
     if distributed.is_main():
         print(json.dumps(result.to_json(), indent=2), flush=True)
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from kdlab.config import load_config  # noqa: PLC0415
     from kdlab.data import build_dataset  # noqa: PLC0415
     from kdlab.engine import evaluate, load_model  # noqa: PLC0415
     from kdlab.engine.env import resolve_device  # noqa: PLC0415
     from kdlab.errors import DataError  # noqa: PLC0415
+    from kdlab.rundir import RunDir  # noqa: PLC0415
 
-    run = Path(args.run)
-    cfg = load_config(run / "config.yaml")
+    run = RunDir(args.run)
+    cfg = run.read_config()
     data = build_dataset(cfg.data)
     model = load_model(
         cfg.student.name,
         cfg.student.kwargs,
-        str(run / args.weights),
+        str(run.weights_path(args.weights)),
         data.num_classes,
         data.in_channels,
+        cfg.student.output,
     )
     split = getattr(data, args.split)
     if split is None:

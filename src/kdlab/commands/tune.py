@@ -11,9 +11,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "tune",
         help="search recipe hyperparameters with Optuna (TPE, median pruning on validation)",
-        description="Search recipe keys with Optuna. Trials maximise the best validation "
-        "top-1 accuracy (never test). Several machines share a study through one "
-        "--storage URL (PostgreSQL) and the same --study name.",
+        description="Search recipe keys with Optuna. Trials optimise the best epoch's "
+        "validation score, train.select (top-1 accuracy by default; never test). Several "
+        "machines share a study through one --storage URL (PostgreSQL) and the same "
+        "--study name.",
     )
     p.add_argument("config", help="the base YAML recipe")
     p.add_argument("overrides", nargs="*", help="dotted overrides of the base recipe")

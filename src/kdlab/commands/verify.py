@@ -13,7 +13,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     what = p.add_subparsers(dest="what", metavar="WHAT", required=True)
     q = what.add_parser(
         "propositions",
-        help="Monte Carlo check of the four noise/Jacobian claims in references.md",
+        help="Monte Carlo check of four noise/Jacobian claims (Srinivas & Fleuret, "
+        "arXiv:1803.00443), stated in kdlab/verify/propositions.py",
     )
     q.add_argument("--out", default="runs/verify", help="folder for report, CSV and plot")
     q.add_argument("--samples", type=int, default=4000, help="antithetic pairs of z per sigma")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -13,7 +15,8 @@ from kdlab.errors import DataError
 
 @dataclass
 class TensorSplit:
-    """A split held as tensors: ``x`` float (N, C, H, W), ``y`` long (N,)."""
+    """A split held as tensors: ``x`` float (N, C, H, W) images, (N, C, L) sequences or
+    (N, D) feature vectors; ``y`` long (N,)."""
 
     x: Tensor
     y: Tensor
@@ -33,21 +36,37 @@ class TensorSplit:
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int]:
         return self.x[i], self.y[i], i
 
+    def example(self, n: int) -> Tensor:
+        """The first ``n`` inputs (shape probes); every kind of split offers this."""
+        return self.x[:n]
+
     def subset(self, idx: Tensor | np.ndarray) -> TensorSplit:
         idx_t = torch.as_tensor(np.asarray(idx), dtype=torch.long)
         return TensorSplit(self.x[idx_t], self.y[idx_t])
+
+
+class Split(Protocol):
+    """What the engine may assume of any split, in memory or streamed from disk."""
+
+    y: Tensor
+
+    def __len__(self) -> int: ...
+
+    def example(self, n: int) -> Tensor: ...
+
+    def subset(self, idx: Tensor | np.ndarray) -> Split: ...
 
 
 @dataclass
 class DataBundle:
     """Train / val / test splits plus what models need to know about the inputs."""
 
-    train: TensorSplit
-    val: TensorSplit | None
-    test: TensorSplit
+    train: Split
+    val: Split | None
+    test: Split
     num_classes: int
     in_channels: int
-    image_size: tuple[int, int]
+    image_size: tuple[int, ...]  # (H, W) of images, (L,) of sequences, (1, 1) for vectors
     name: str = ""
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -66,6 +85,130 @@ def check_labels(y: np.ndarray | Tensor, num_classes: int, source: str) -> None:
         raise DataError(
             f"{source}: labels must lie in [0, {num_classes - 1}], found values in [{lo}, {hi}]"
         )
+
+
+def _show(values: Any, limit: int = 8) -> str:
+    values = list(values)
+    shown = ", ".join(str(v) for v in values[:limit])
+    return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
+
+
+def encode_labels(
+    labelled: Sequence[tuple[np.ndarray, str]],
+    num_classes: Any = None,
+    label_map: Any = None,
+) -> tuple[list[np.ndarray], int, dict[Any, int] | None]:
+    """Class indices for label arrays ``[(training labels, source), (other, source)...]``.
+
+    Without ``label_map`` the labels are the class indices (integers >= 0). With no
+    ``num_classes`` either, the class count is the largest label + 1 and must be
+    honest: every class in ``[0, K)`` occurs in the training labels, and every label of
+    the other arrays occurs there too; otherwise a DataError names the labels (a test
+    label the training set lacks, or sparse ids 0, 1000, 2000, would silently widen the
+    classifier). ``num_classes`` states the count (classes may then be absent).
+    ``label_map`` is ``"sorted"`` (the training labels' distinct values, in sorted
+    order, become 0..K-1), a list (its i-th entry becomes class i) or a mapping
+    ``{label: index}``; labels may then be any values (e.g. strings), and a label it
+    does not map is an error. Returns the int64 arrays, the class count and the map.
+    """
+    if num_classes is not None and (
+        not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1
+    ):
+        raise DataError(f"data.options.num_classes must be a positive integer, got {num_classes!r}")
+    for y, source in labelled:
+        if y.size == 0:
+            raise DataError(f"{source}: no samples")
+    mapping = None if label_map is None else _label_mapping(label_map, labelled[0][0])
+    if mapping is None:
+        for y, source in labelled:
+            if not np.issubdtype(y.dtype, np.integer):
+                raise DataError(
+                    f"{source}: labels must be integers, got dtype {y.dtype} (or give "
+                    "data.options.label_map to number them)"
+                )
+            if int(y.min()) < 0:
+                raise DataError(f"{source}: labels must be >= 0, found {int(y.min())}")
+        if num_classes is None:
+            num_classes = _honest_class_count(labelled)
+        out = [y.astype(np.int64) for y, _ in labelled]
+    else:
+        out = [_apply_mapping(y, mapping, source) for y, source in labelled]
+        top = max(mapping.values()) + 1
+        if num_classes is not None and num_classes < top:
+            raise DataError(
+                f"data.options.num_classes is {num_classes}, but data.options.label_map "
+                f"numbers classes up to {top - 1}"
+            )
+        num_classes = num_classes or top
+    for y, (_, source) in zip(out, labelled):
+        check_labels(y, num_classes, source)
+    return out, num_classes, mapping
+
+
+def _honest_class_count(labelled: Sequence[tuple[np.ndarray, str]]) -> int:
+    train, train_src = labelled[0]
+    seen = np.unique(train)
+    for y, source in labelled[1:]:
+        new = np.setdiff1d(np.unique(y), seen)
+        if len(new):
+            raise DataError(
+                f"{source}: label(s) {_show(new)} never occur in the training labels "
+                f"({_show(seen)}); a class the training set lacks would silently widen the "
+                "classifier. Set data.options.num_classes if the model should have classes "
+                "it never trains on, or data.options.label_map to number the labels"
+            )
+    top = int(seen[-1]) + 1
+    if len(seen) != top:
+        missing = np.setdiff1d(np.arange(top), seen)
+        raise DataError(
+            f"{train_src}: the labels are not the classes 0..{top - 1}: {_show(missing)} "
+            f"never occur (found {len(seen)} distinct labels: {_show(seen)}). Set "
+            f"data.options.label_map: sorted to number them 0..{len(seen) - 1}, or "
+            f"data.options.num_classes: {top} to keep the ids as classes"
+        )
+    return top
+
+
+def _label_mapping(label_map: Any, train: np.ndarray) -> dict[Any, int]:
+    if label_map == "sorted":
+        return {v.item(): i for i, v in enumerate(np.unique(train))}
+    if isinstance(label_map, (list, tuple)):
+        try:
+            mapping = {v: i for i, v in enumerate(label_map)}
+        except TypeError:  # a nested list or mapping as a label
+            mapping = {}
+        if not mapping or len(mapping) != len(label_map):
+            raise DataError(
+                "data.options.label_map: a list needs one entry per class, each a label "
+                f"(a number or a string) given once, got {label_map!r}"
+            )
+        return mapping
+    if isinstance(label_map, Mapping):
+        bad = [
+            v for v in label_map.values() if not isinstance(v, int) or isinstance(v, bool) or v < 0
+        ]
+        if bad or not label_map:
+            raise DataError(
+                "data.options.label_map: a mapping's values must be class indices (integers "
+                f">= 0), got {_show(bad) if bad else 'an empty mapping'}"
+            )
+        return dict(label_map)
+    raise DataError(
+        "data.options.label_map must be 'sorted', a list of labels (the i-th is class i) "
+        f"or a mapping {{label: class index}}, got {label_map!r}"
+    )
+
+
+def _apply_mapping(y: np.ndarray, mapping: dict[Any, int], source: str) -> np.ndarray:
+    values, inverse = np.unique(y, return_inverse=True)
+    codes = np.array([mapping.get(v.item(), -1) for v in values], dtype=np.int64)
+    unmapped = values[codes < 0]
+    if len(unmapped):
+        raise DataError(
+            f"{source}: label(s) {_show(unmapped.tolist())} are not in data.options.label_map "
+            f"(it maps {_show(mapping)})"
+        )
+    return codes[inverse.reshape(-1)]
 
 
 def check_finite(x: np.ndarray | Tensor, source: str) -> None:
@@ -102,7 +245,7 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
 
 
-def take_per_class(split: TensorSplit, n: int, seed: int = 0) -> TensorSplit:
+def take_per_class(split: Split, n: int, seed: int = 0) -> Split:
     """The first ``n`` samples of each class after a seeded shuffle (few-shot)."""
     y = split.y.numpy()
     rng = np.random.default_rng(seed + 7919)
@@ -115,8 +258,9 @@ def take_per_class(split: TensorSplit, n: int, seed: int = 0) -> TensorSplit:
 
 
 def standardize(train: Tensor, *others: Tensor | None) -> tuple[Tensor, ...]:
-    """Per-channel standardisation with the training split's statistics."""
-    dims = [0, 2, 3] if train.dim() == 4 else [0]
+    """Per-channel (per-feature for (N, D)) standardisation with the training split's
+    statistics."""
+    dims = [0, *range(2, train.dim())]
     mean = train.mean(dim=dims, keepdim=True)
     std = train.std(dim=dims, keepdim=True).clamp_min(1e-6)
     out = [(train - mean) / std]
@@ -128,7 +272,8 @@ def check_bundle(bundle: DataBundle, source: str = "dataset") -> None:
     """Check what every dataset must satisfy before training: non-empty float inputs
     with ``in_channels`` channels, finite values, integer labels in ``[0, num_classes)``.
 
-    Raises DataError naming the split and what is wrong; cheap for in-memory splits.
+    Raises DataError naming the split and what is wrong; cheap for in-memory splits and
+    for streaming ones (labels, and two decoded samples).
     """
     if not isinstance(bundle.num_classes, int) or bundle.num_classes < 1:
         raise DataError(
@@ -141,12 +286,15 @@ def check_bundle(bundle: DataBundle, source: str = "dataset") -> None:
                 continue
             raise DataError(f"{source}: the {name} split is missing")
         where = f"{source} ({name} split)"
-        if not split.x.is_floating_point():
-            raise DataError(f"{where}: inputs must be floating point, got {split.x.dtype}")
-        if split.x.dim() == 4 and split.x.shape[1] != bundle.in_channels:
+        # Streaming splits: only a couple of decoded samples (reading them all is a run).
+        x = split.x if isinstance(split, TensorSplit) else split.example(2)
+        if not x.is_floating_point():
+            raise DataError(f"{where}: inputs must be floating point, got {x.dtype}")
+        if x.dim() in (3, 4) and x.shape[1] != bundle.in_channels:
+            layout = "(N, C, H, W)" if x.dim() == 4 else "(N, C, L)"
             raise DataError(
-                f"{where}: images have shape {tuple(split.x.shape)}, expected "
-                f"{bundle.in_channels} channels in dimension 1 (N, C, H, W)"
+                f"{where}: inputs have shape {tuple(x.shape)}, expected "
+                f"{bundle.in_channels} channels in dimension 1 {layout}"
             )
         check_labels(split.y, bundle.num_classes, where)
-        check_finite(split.x, where)
+        check_finite(x, where)

@@ -37,8 +37,7 @@ import numpy as np
 import torch
 
 from kdlab.config import DataConfig
-from kdlab.data import DATASETS
-from kdlab.data._options import dataset_options
+from kdlab.data import options_for, register_dataset
 from kdlab.data.base import DataBundle, TensorSplit, check_labels, stratified_split
 from kdlab.errors import DataError
 
@@ -183,10 +182,9 @@ def _label_names(path: Path, key: str) -> list[str] | None:
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names] if names else None
 
 
-@DATASETS.register("cifar10")
+@register_dataset("cifar10")
 def cifar10(cfg: DataConfig) -> DataBundle:
     """CIFAR-10: 50,000 training (minus validation) and 10,000 test images, 10 classes."""
-    dataset_options(cfg.name, cfg.options, {})
     train_files = [f"data_batch_{i}" for i in range(1, 6)]
     folder = _find_folder(cfg, "cifar-10-batches-py", [*train_files, "test_batch"])
     classes = _label_names(folder / "batches.meta", "label_names")
@@ -194,11 +192,11 @@ def cifar10(cfg: DataConfig) -> DataBundle:
     return _build(cfg, folder, (train_files, ["test_batch"]), "labels", 10, stats, classes)
 
 
-@DATASETS.register("cifar100")
+@register_dataset("cifar100", options={"labels": "fine"})
 def cifar100(cfg: DataConfig) -> DataBundle:
     """CIFAR-100: 50,000 training (minus validation) and 10,000 test images, 100 classes
     (``data.options.labels: coarse`` for the 20 superclasses)."""
-    opts = dataset_options(cfg.name, cfg.options, {"labels": "fine"})
+    opts = options_for(cfg)
     if opts["labels"] not in ("fine", "coarse"):
         raise DataError(f"data.options.labels must be 'fine' or 'coarse', got {opts['labels']!r}")
     folder = _find_folder(cfg, "cifar-100-python", ["train", "test"])

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from kdlab.config import DataConfig
-from kdlab.data import DATASETS
+from kdlab.data import register_dataset
 from kdlab.data.base import DataBundle, TensorSplit, standardize, stratified_split
 
 
@@ -45,7 +45,7 @@ def digits_bundle(
     )
 
 
-@DATASETS.register("digits")
+@register_dataset("digits")
 def digits(cfg: DataConfig) -> DataBundle:
     """Deterministic stratified train/val/test splits (``split_seed``), standardised
     with the training split's mean and standard deviation."""

@@ -12,22 +12,16 @@ from __future__ import annotations
 import numpy as np
 
 from kdlab.config import DataConfig
-from kdlab.data import DATASETS
+from kdlab.data import options_for, register_dataset
 from kdlab.data.base import DataBundle, stratified_split
 from kdlab.data.digits import digits_bundle, load_digits_arrays
 from kdlab.errors import ConfigError
 
 
-@DATASETS.register("digits_classes")
+@register_dataset("digits_classes", options={"train_classes": [0, 1, 2, 3, 4]})
 def digits_classes(cfg: DataConfig) -> DataBundle:
     """Digits, train/val on ``options.train_classes`` (default 0-4), test on the rest."""
-    unknown = set(cfg.options) - {"train_classes"}
-    if unknown:
-        raise ConfigError(
-            f"data.options: unknown key(s) {sorted(unknown)} for digits_classes; "
-            "valid: train_classes"
-        )
-    train_classes = [int(c) for c in cfg.options.get("train_classes", [0, 1, 2, 3, 4])]
+    train_classes = [int(c) for c in options_for(cfg)["train_classes"]]
     if not train_classes or any(c < 0 or c > 9 for c in train_classes):
         raise ConfigError(f"data.options.train_classes must be digits 0..9, got {train_classes}")
     if len(set(train_classes)) == 10:

@@ -25,8 +25,7 @@ import numpy as np
 import torch
 
 from kdlab.config import DataConfig
-from kdlab.data import DATASETS
-from kdlab.data._options import dataset_options
+from kdlab.data import options_for, register_dataset
 from kdlab.data.base import DataBundle, TensorSplit, standardize, stratified_split
 from kdlab.errors import DataError
 
@@ -99,10 +98,10 @@ def _load_split(
     return x.contiguous(), torch.tensor(ys, dtype=torch.long)
 
 
-@DATASETS.register("image_folder")
+@register_dataset("image_folder", options={"image_size": 32, "channels": 3})
 def image_folder(cfg: DataConfig) -> DataBundle:
     """Splits from a class-per-folder image tree (see the module docstring)."""
-    opts = dataset_options(cfg.name, cfg.options, {"image_size": 32, "channels": 3})
+    opts = options_for(cfg)
     size = _image_size(opts["image_size"])
     if opts["channels"] not in (1, 3):
         raise DataError(f"data.options.channels must be 1 or 3, got {opts['channels']!r}")

@@ -23,7 +23,10 @@ Options (``data.options``):
 - ``train_limit``: keep about this many training images (after the validation split),
   stratified by class and deterministic in ``split_seed``; for quick benchmarks;
 - ``num_classes``: the class count when a class is absent from the files (default:
-  the largest label + 1).
+  the largest label + 1, and then every class must occur in the training file and
+  every test label in it, or the error names the labels);
+- ``label_map``: ``sorted`` numbers the training file's distinct labels 0..K-1 (e.g.
+  EMNIST letters, labelled 1..26), or a list / ``{label: index}`` mapping, as for npz.
 """
 
 from __future__ import annotations
@@ -36,9 +39,8 @@ import numpy as np
 import torch
 
 from kdlab.config import DataConfig
-from kdlab.data import DATASETS
-from kdlab.data._options import dataset_options
-from kdlab.data.base import DataBundle, TensorSplit, check_labels, stratified_split
+from kdlab.data import options_for, register_dataset
+from kdlab.data.base import DataBundle, TensorSplit, encode_labels, stratified_split
 from kdlab.errors import DataError
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -145,7 +147,7 @@ def _to_tensor(x: np.ndarray, scale: float, stats: tuple[float, float] | None) -
 
 def idx_bundle(cfg: DataConfig, root: Path, name: str, hint: str = "") -> DataBundle:
     """Train / val / test splits from the IDX files in ``root`` (see the module doc)."""
-    opts = dataset_options(cfg.name, cfg.options, {"train_limit": None, "num_classes": None})
+    opts = options_for(cfg)
     limit = opts["train_limit"]
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise DataError(f"data.options.train_limit must be a positive integer, got {limit!r}")
@@ -157,13 +159,10 @@ def idx_bundle(cfg: DataConfig, root: Path, name: str, hint: str = "") -> DataBu
             f"{files['test_images']}: images of size {x_te.shape[1:]}, but the training "
             f"images are {x_tr.shape[1:]}"
         )
-    num_classes = opts["num_classes"]
-    if num_classes is None:
-        num_classes = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise DataError(f"data.options.num_classes must be a positive integer, got {num_classes!r}")
-    check_labels(y_tr, num_classes, str(files["train_labels"]))
-    check_labels(y_te, num_classes, str(files["test_labels"]))
+    labelled = [(y_tr, str(files["train_labels"])), (y_te, str(files["test_labels"]))]
+    (y_tr, y_te), num_classes, mapping = encode_labels(
+        labelled, opts["num_classes"], opts["label_map"]
+    )
 
     scale = _scale(x_tr)
     stats = None
@@ -194,11 +193,15 @@ def idx_bundle(cfg: DataConfig, root: Path, name: str, hint: str = "") -> DataBu
             "mean": stats[0] if stats else None,
             "std": stats[1] if stats else None,
             "classes": FASHION_MNIST_CLASSES if name == "fashion_mnist" else None,
+            "label_map": mapping,
         },
     )
 
 
-@DATASETS.register("fashion_mnist")
+IDX_OPTIONS = {"train_limit": None, "num_classes": None, "label_map": None}
+
+
+@register_dataset("fashion_mnist", options=IDX_OPTIONS)
 def fashion_mnist(cfg: DataConfig) -> DataBundle:
     """Fashion-MNIST: 60,000 training (minus validation) and 10,000 test 28x28 grey
     images, 10 classes; ``data.root`` defaults to ``/usr/share/datasets/fashion-mnist``."""
@@ -210,7 +213,7 @@ def fashion_mnist(cfg: DataConfig) -> DataBundle:
     return idx_bundle(cfg, root, "fashion_mnist", hint)
 
 
-@DATASETS.register("mnist_idx")
+@register_dataset("mnist_idx", options=IDX_OPTIONS)
 def mnist_idx(cfg: DataConfig) -> DataBundle:
     """Any MNIST-format folder (MNIST, KMNIST, EMNIST...): ``data.root`` required."""
     if cfg.root is None:

@@ -3,17 +3,30 @@
 ``data.root`` is the ``.npz`` file. It holds ``x`` and ``y`` and optionally ``x_test`` and
 ``y_test``; without them a stratified test split is carved (``data.test_fraction``). The
 validation split is always carved from the training part (``data.val_fraction``), both
-with ``data.split_seed``, as for digits. Accepted inputs:
+with ``data.split_seed``, as for digits.
 
-- ``(N, H, W)``: grey images, given a channel axis -> ``(N, 1, H, W)``;
-- ``(N, C, H, W)``: images, channels first;
+Inputs, by ``data.options.layout`` (default: decided from the shape, or an error):
+
 - ``(N, D)``: feature vectors, kept 2-D; the bundle reports ``in_channels = D`` and
-  ``image_size = (1, 1)``, so ``mlp`` with ``in_channels=D, image_size=1`` fits them.
+  ``image_size = (1, 1)``, so ``mlp`` with ``in_channels=D, image_size=1`` fits them;
+- ``nchw``: images ``(N, C, H, W)``; ``nhwc``: images stored channels-last
+  ``(N, H, W, C)``, moved to ``(N, C, H, W)``. Without a layout, a 4-D array whose
+  second axis is smaller than the other two is ``nchw``, one whose last axis is, is
+  ``nhwc``; any other (e.g. ``(N, 8, 8, 8)``) is refused: set the layout;
+- ``nhw``: grey images ``(N, H, W)`` -> ``(N, 1, H, W)`` (the default for a 3-D array
+  with square ``H == W``);
+- ``ncl``: sequences ``(N, C, L)`` of C channels, kept 1-D: ``in_channels = C``,
+  ``image_size = (L,)``. A 3-D array that is not square needs ``nhw`` or ``ncl``.
 
 Inputs are cast to float32 and, with ``data.normalize``, standardised with the training
-split's per-channel (per-feature for 2-D) mean and std; they must be finite. Labels
-must be integers in ``[0, num_classes)``, where ``num_classes`` is the largest label + 1
-unless ``data.options.num_classes`` says otherwise (for classes absent from the file).
+split's per-channel (per-feature for 2-D) mean and std; they must be finite.
+
+Labels (``y``, ``y_test``) are class indices, integers from 0: the class count is the
+largest + 1, and every class must occur in ``y`` and every ``y_test`` label in ``y``, or
+the error names the labels. ``data.options.num_classes`` fixes the count (for classes
+absent from the file); ``data.options.label_map`` numbers other labels: ``sorted`` (the
+distinct labels of ``y`` in sorted order become 0..K-1, e.g. sparse ids 0, 1000, 2000 or
+strings), a list (its i-th entry is class i) or a mapping ``{label: index}``.
 The file is read with ``allow_pickle=False``: it can hold arrays only, never code.
 """
 
@@ -21,36 +34,75 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from kdlab.config import DataConfig
-from kdlab.data import DATASETS
-from kdlab.data._options import dataset_options
+from kdlab.data import options_for, register_dataset
 from kdlab.data.base import (
     DataBundle,
     TensorSplit,
     check_finite,
-    check_labels,
+    encode_labels,
     standardize,
     stratified_split,
 )
 from kdlab.errors import DataError
 
+LAYOUTS = {"nchw": 4, "nhwc": 4, "nhw": 3, "ncl": 3}
 
-def _inputs(x: np.ndarray, source: str) -> np.ndarray:
+
+def _layout(shape: tuple[int, ...], given: Any, source: str) -> str:
+    """The layout of an input array of ``shape``: ``given``, or what the shape says."""
+    if given is not None:
+        if given not in LAYOUTS:
+            raise DataError(
+                f"data.options.layout must be one of {', '.join(LAYOUTS)}, got {given!r}"
+            )
+        if len(shape) != LAYOUTS[given]:
+            raise DataError(
+                f"{source}: data.options.layout {given!r} needs a {LAYOUTS[given]}-D array, "
+                f"got shape {shape}"
+            )
+        return str(given)
+    if len(shape) == 2:
+        return "nd"
+    if len(shape) == 4:
+        a, b, c = shape[1:]
+        if a < min(b, c):
+            return "nchw"
+        if c < min(a, b):
+            return "nhwc"
+        raise DataError(
+            f"{source}: cannot tell the channel axis of shape {shape}: set "
+            "data.options.layout to 'nchw' (N, C, H, W) or 'nhwc' (N, H, W, C)"
+        )
+    if len(shape) == 3:
+        if shape[1] == shape[2]:
+            return "nhw"
+        raise DataError(
+            f"{source}: a 3-D array of shape {shape} may be grey images or sequences: set "
+            "data.options.layout to 'nhw' (N, H, W) images or 'ncl' (N, C, L) sequences"
+        )
+    raise DataError(
+        f"{source}: inputs must have shape (N, D), (N, H, W), (N, C, L), (N, C, H, W) or "
+        f"(N, H, W, C), got {shape}"
+    )
+
+
+def _inputs(x: np.ndarray, layout: str, source: str) -> np.ndarray:
+    """Inputs as float32 ``(N, D)``, ``(N, C, L)`` or ``(N, C, H, W)``."""
     if x.dtype == object or not (
         np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.bool_)
     ):
         raise DataError(f"{source}: inputs must be numeric, got dtype {x.dtype}")
-    if x.ndim == 3:
+    if layout == "nhw":
         x = x[:, None]
-    elif x.ndim not in (2, 4):
-        raise DataError(
-            f"{source}: inputs must have shape (N, H, W), (N, C, H, W) or (N, D), got {x.shape}"
-        )
-    x = x.astype(np.float32)
+    elif layout == "nhwc":
+        x = x.transpose(0, 3, 1, 2)
+    x = np.ascontiguousarray(x, dtype=np.float32)
     check_finite(x, source)
     return x
 
@@ -65,24 +117,10 @@ def _labels(y: np.ndarray, n: int, source: str) -> np.ndarray:
     return y
 
 
-def _infer_num_classes(labelled: list[tuple[np.ndarray, str]]) -> int:
-    """Largest label + 1, after checking every label array holds integers >= 0."""
-    top = 0
-    for y, source in labelled:
-        if y.size == 0:
-            raise DataError(f"{source}: no samples")
-        if not np.issubdtype(y.dtype, np.integer):
-            raise DataError(f"{source}: labels must be integers, got dtype {y.dtype}")
-        if int(y.min()) < 0:
-            raise DataError(f"{source}: labels must be >= 0, found {int(y.min())}")
-        top = max(top, int(y.max()) + 1)
-    return top
-
-
-@DATASETS.register("npz")
+@register_dataset("npz", options={"layout": None, "num_classes": None, "label_map": None})
 def npz(cfg: DataConfig) -> DataBundle:
     """Train/val/test splits from the arrays in the ``.npz`` file ``data.root``."""
-    opts = dataset_options(cfg.name, cfg.options, {"num_classes": None})
+    opts = options_for(cfg)
     if cfg.root is None:
         raise DataError(
             "dataset 'npz' needs data.root: the path of an .npz file with arrays x, y "
@@ -105,28 +143,26 @@ def npz(cfg: DataConfig) -> DataBundle:
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise DataError(f"{path}: x_test and y_test must be given together")
 
-    x = _inputs(arrays["x"], f"{path}[x]")
+    layout = _layout(arrays["x"].shape, opts["layout"], f"{path}[x]")
+    x = _inputs(arrays["x"], layout, f"{path}[x]")
     y = _labels(arrays["y"], x.shape[0], f"{path}[y]")
+    labelled = [(y, f"{path}[y]")]
     has_test = "x_test" in arrays
     if has_test:
-        x_test = _inputs(arrays["x_test"], f"{path}[x_test]")
-        y_test = _labels(arrays["y_test"], x_test.shape[0], f"{path}[y_test]")
-        if x_test.shape[1:] != x.shape[1:]:
+        if arrays["x_test"].shape[1:] != arrays["x"].shape[1:]:
             raise DataError(
-                f"{path}: x_test samples have shape {x_test.shape[1:]}, x samples {x.shape[1:]}"
+                f"{path}: x_test samples have shape {arrays['x_test'].shape[1:]}, x samples "
+                f"{arrays['x'].shape[1:]}"
             )
-    num_classes = opts["num_classes"]
-    if num_classes is None:
-        labelled = [(y, f"{path}[y]")] + ([(y_test, f"{path}[y_test]")] if has_test else [])
-        num_classes = _infer_num_classes(labelled)
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise DataError(f"data.options.num_classes must be a positive integer, got {num_classes!r}")
-    check_labels(y, num_classes, f"{path}[y]")
+        x_test = _inputs(arrays["x_test"], layout, f"{path}[x_test]")
+        y_test = _labels(arrays["y_test"], x_test.shape[0], f"{path}[y_test]")
+        labelled.append((y_test, f"{path}[y_test]"))
+    encoded, num_classes, mapping = encode_labels(
+        labelled, opts["num_classes"], opts["label_map"]
+    )
+    y = encoded[0]
     if has_test:
-        check_labels(y_test, num_classes, f"{path}[y_test]")
-    y = y.astype(np.int64)
-
-    if has_test:
+        y_test = encoded[1]
         rest = np.arange(len(y))
     else:
         rest, test_idx = stratified_split(y, cfg.test_fraction, cfg.split_seed)
@@ -143,10 +179,10 @@ def npz(cfg: DataConfig) -> DataBundle:
     return DataBundle(
         train=TensorSplit(x_train, yt[train_idx]),
         val=TensorSplit(x_val, yt[val_idx]) if len(val_idx) else None,
-        test=TensorSplit(x_te, torch.from_numpy(y_test.astype(np.int64))),
+        test=TensorSplit(x_te, torch.from_numpy(y_test)),
         num_classes=num_classes,
         in_channels=x.shape[1],
-        image_size=(1, 1) if features else (x.shape[2], x.shape[3]),
+        image_size=(1, 1) if features else tuple(x.shape[2:]),
         name="npz",
-        extra={"root": str(path), "features": features},
+        extra={"root": str(path), "features": features, "layout": layout, "label_map": mapping},
     )

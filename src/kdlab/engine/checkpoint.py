@@ -29,6 +29,13 @@ from kdlab.errors import CheckpointError
 KEEP = 2
 
 
+def _file_mode() -> int:
+    # mkstemp creates 0600 files; run artifacts get the mode open() would give them.
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -50,6 +57,7 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, _file_mode())
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())

@@ -6,8 +6,8 @@ builds the same models from the same seed; DDP wraps the Distiller, whose module
 holds the student and the terms' adapters but not the frozen teacher, so only trained
 weights are synchronised. The training loader gives each rank its shard of the same
 permutation, ``data.batch_size`` stays the *global* batch (each rank takes
-``batch_size / world_size``), and validation is sharded and summed over ranks. Rank 0
-alone writes the run folder (checkpoints, metrics, reports) and evaluates the test split.
+``batch_size / world_size``), and evaluation is sharded and reduced over ranks by the
+evaluators. Rank 0 alone writes the run folder (checkpoints, metrics, reports).
 
 See ``docs/distributed.md`` for launching on one or several machines.
 """
@@ -24,8 +24,6 @@ import ignite.distributed as idist
 import torch
 from torch import Tensor, nn
 
-from kdlab.data.base import TensorSplit
-from kdlab.engine.evaluate import evaluate
 from kdlab.errors import ConfigError
 
 
@@ -141,29 +139,31 @@ def reduce_sums(sums: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {k: flat[i] for i, k in enumerate(keys)}
 
 
-def evaluate_sharded(
-    model: nn.Module, split: TensorSplit, batch_size: int, device: torch.device | str
-) -> dict[str, float]:
-    """:func:`evaluate` over the whole split, each rank taking every world-th sample.
+def gather_rows(t: Tensor) -> Tensor:
+    """Every rank's ``t`` concatenated along dimension 0, in rank order (shards may
+    differ in length, empty ones included)."""
+    if world_size() <= 1:
+        return t
+    shapes: list[Any] = [None] * world_size()
+    torch.distributed.all_gather_object(shapes, tuple(t.shape))
+    trailing = next((s[1:] for s in shapes if s[0] > 0), tuple(t.shape[1:]))
+    if t.shape[0] == 0:
+        t = t.reshape(0, *trailing)
+    shapes = [(s[0], *trailing) for s in shapes]
+    parts = idist.all_gather_tensors_with_shapes(t.to(idist.device()), shapes)
+    return torch.cat([p.cpu() for p in parts])
 
-    Counts and loss sums are added over ranks, so the result equals a single process's
-    evaluation of the split (all ranks hold the same weights under DDP).
-    """
-    n_ranks = world_size()
-    if n_ranks <= 1:
-        return evaluate(model, split, batch_size, device)
-    r = rank()
-    shard = TensorSplit(split.x[r::n_ranks], split.y[r::n_ranks])
-    n = len(shard)
-    if n:
-        m = evaluate(model, shard, batch_size, device)
-        # evaluate() reports percentages and means; turn them back into sums.
-        local = [round(m["acc1"] * n / 100.0), round(m["acc5"] * n / 100.0), m["loss"] * n, n]
-    else:
-        local = [0, 0, 0.0, 0]
-    total = idist.all_reduce(torch.tensor(local, dtype=torch.float64, device=idist.device()))
-    c1, c5, loss, count = (float(v) for v in total.cpu())
-    return {"acc1": 100.0 * c1 / count, "acc5": 100.0 * c5 / count, "loss": loss / count}
+
+def broadcast_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rank 0's tensors on every rank; the others pass tensors of the same shapes (e.g.
+    their own weights) to receive into."""
+    if world_size() <= 1:
+        return state
+    out = {}
+    for key in sorted(state):
+        value = state[key].detach().clone().to(idist.device())
+        out[key] = idist.broadcast(value, src=0).to(state[key].device)
+    return out
 
 
 def broadcast_json(obj: Any) -> Any:

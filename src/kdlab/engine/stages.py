@@ -6,12 +6,11 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from kdlab.config import OptimizerConfig, RunConfig, ScheduleConfig, validate
+from kdlab.config import MAIN_STAGE, OptimizerConfig, RunConfig, ScheduleConfig
 from kdlab.distiller import Distiller
 from kdlab.errors import ConfigError
-from kdlab.methods.base import StageConfig
 
-MAIN = "main"
+MAIN = MAIN_STAGE
 
 
 @dataclass
@@ -35,10 +34,7 @@ def resolve_stages(cfg: RunConfig, distiller: Distiller) -> list[Stage]:
     if cfg.distill.stages is None:
         pre = [s for term in distiller.terms.values() for s in term.pre_stages()]
     else:
-        pre = [
-            validate(StageConfig, s, where=f"distill.stages.{i}")
-            for i, s in enumerate(cfg.distill.stages)
-        ]
+        pre = list(cfg.distill.stages)  # validated by load_recipe
     names = [s.name for s in pre]
     if MAIN in names or len(set(names)) != len(names):
         raise ConfigError(f"stage names must be unique and not {MAIN!r}: {names}")
@@ -65,7 +61,7 @@ def resolve_stages(cfg: RunConfig, distiller: Distiller) -> list[Stage]:
         Stage(
             name=MAIN,
             epochs=cfg.train.epochs,
-            losses=None,
+            losses=distiller.main_losses(),  # explicit: pre-stage-only terms are left out
             train=["student", "terms"] + [f"-{p}" for p in frozen],
             optimizer=cfg.train.optimizer,
             schedule=cfg.train.schedule,

@@ -4,80 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar, get_args, get_origin
 
 import torch
-from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from kdlab.config import OptimizerConfig, ScheduleConfig, Strict, validate
+from kdlab.config import StageConfig, TermParams, term_params
 from kdlab.errors import ConfigError, KdlabError, TapError
 from kdlab.registry import Registry
 from kdlab.taps import Tap
 
-DEFAULT_VIEW = "default"
 # Pre-stages (FitNets' hints, AB's and FSP's initialisation, FT's paraphraser) default to
 # this share of the main stage: RepDistiller runs 30 initialisation epochs before 240
 # main ones. A fixed count would dominate short schedules (30 epochs before 15).
 PRE_STAGE_FRACTION = 0.125
 
 
-class TermParams(Strict):
-    """Keys every term accepts; each method subclasses this with its own."""
-
-    method: str
-    name: str | None = Field(None, description="unique name of the term (default: the method)")
-    weight: float | None = Field(None, ge=0.0, description="loss weight (default: the method's)")
-    student_view: str = DEFAULT_VIEW
-    teacher_view: str = DEFAULT_VIEW
-
-
-class StageConfig(Strict):
-    """A pre-stage: which losses train which modules, for how long, with what optimiser.
-
-    ``losses`` maps a term name, or ``term.mode`` for a term's extra loss
-    (``Term.loss_<mode>``), to its weight. ``train`` lists module paths inside the
-    Distiller ('student', 'terms.ft.paraphraser', ...) whose parameters are trained;
-    parameters that receive no gradient (e.g. student layers after a FitNets guided
-    layer) are left untouched by the optimiser. The length is ``epochs``, or, without
-    it, ``fraction`` of the main stage's ``train.epochs`` (rounded, at least 1), so a
-    method's pre-stage keeps its share of a short or long schedule.
-    """
-
-    @model_validator(mode="after")
-    def _one_length(self) -> StageConfig:
-        if (self.epochs is None) == (self.fraction is None):
-            raise ConfigError(
-                f"stage {self.name!r}: give exactly one of 'epochs' and 'fraction' "
-                f"(got epochs={self.epochs!r}, fraction={self.fraction!r})"
-            )
-        return self
-
-    def resolved_epochs(self, main_epochs: int) -> int:
-        """The stage's epochs for a main stage of ``main_epochs``."""
-        if self.epochs is not None:
-            return self.epochs
-        assert self.fraction is not None
-        return max(1, round(self.fraction * main_epochs))
-
-    name: str
-    epochs: int | None = Field(
-        None, ge=0, description="epochs of the stage; None: 'fraction' of the main stage's"
-    )
-    fraction: float | None = Field(
-        None, gt=0.0, le=1.0, description="length as a fraction of train.epochs (at least 1)"
-    )
-    losses: dict[str, float]
-    train: list[str] = Field(default_factory=lambda: ["student"])
-    optimizer: OptimizerConfig | None = None
-    schedule: ScheduleConfig = ScheduleConfig(name="constant")
-
-
-
 def pre_stage_length(epochs: int | None) -> dict[str, Any]:
     """A pre-stage's length for :class:`StageConfig`: ``epochs`` when the recipe fixes
     them, else :data:`PRE_STAGE_FRACTION` of the main stage."""
     return {"epochs": epochs} if epochs is not None else {"fraction": PRE_STAGE_FRACTION}
+
 
 @dataclass
 class Pass:
@@ -123,17 +70,22 @@ class Shapes:
 
 
 METHODS: Registry[type[Term]] = Registry("method")
+P = TypeVar("P", bound=TermParams)
 
 
-class Term(nn.Module):
-    """Base class of every method. Subclasses set ``method``, ``Params`` and ``forward``.
+class Term(nn.Module, Generic[P]):
+    """Base class of every method: ``class KD(Term[KDParams])`` with ``method`` and
+    ``forward``. The generic argument is the method's parameter model (its recipe
+    keys, validated at load): it becomes ``Params`` and the type of ``self.params``, so
+    a method never re-annotates it.
 
     Class attributes a method may set:
     - ``default_weight``: the weight used when the recipe gives none.
     - ``needs_teacher``: False for label-only losses (``ce``).
     - ``student_input_grad`` / ``teacher_input_grad``: the term differentiates the
       model output with respect to its input (Jacobian matching).
-    - ``in_main_stage``: False for losses that only drive a pre-stage.
+    - ``in_main_stage``: False for losses that only drive a pre-stage by default (the
+      recipe's ``main_stage`` key overrides it: see :attr:`Term.main_stage`).
     - ``frozen_in_main``: names of the term's submodules that stay frozen in the main
       stage (e.g. FT's paraphraser, trained in its own pre-stage).
     """
@@ -147,7 +99,9 @@ class Term(nn.Module):
     in_main_stage: ClassVar[bool] = True
     frozen_in_main: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, params: TermParams) -> None:
+    params: P
+
+    def __init__(self, params: P) -> None:
         super().__init__()
         self.params = params
         self.term_name = params.name or self.method
@@ -155,8 +109,25 @@ class Term(nn.Module):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        for base in getattr(cls, "__orig_bases__", ()):
+            origin, args = get_origin(base), get_args(base)
+            if isinstance(origin, type) and issubclass(origin, Term) and args:
+                if "Params" not in cls.__dict__ and isinstance(args[0], type):
+                    cls.Params = args[0]
         if cls.method:
             METHODS.add(cls.method, cls)
+
+    @property
+    def main_stage(self) -> bool:
+        """Whether the loss is part of the main stage: the recipe's ``main_stage``, else
+        the method's ``in_main_stage``."""
+        chosen = self.params.main_stage
+        return self.in_main_stage if chosen is None else chosen
+
+    def bind_data(self, num_samples: int, labels: Tensor | None = None) -> None:
+        """Called by the engine with the training set's size and labels (by sample
+        index) before training; terms that index the training set (CRD's memory bank)
+        use it. Default: nothing."""
 
     # --- what the Distiller asks of a term -------------------------------------
     def student_taps(self) -> Sequence[Tap]:
@@ -229,16 +200,14 @@ def _describe_shapes(ctx: StepContext) -> str:
     return f"student taps: {fmt(ctx.student)}; teacher taps: {fmt(ctx.teacher)}"
 
 
-def build_term(spec: Mapping[str, Any], where: str = "term") -> Term:
-    """A Term from a recipe entry ``{method: kd, weight: 0.9, T: 4, ...}``."""
-    if not isinstance(spec, Mapping) or "method" not in spec:
-        raise ConfigError(f"{where} must be a mapping with a 'method' key, got {spec!r}")
-    cls = METHODS.get(str(spec["method"]))
-    params = validate(cls.Params, dict(spec), where=f"{where} ({spec['method']})")
-    return cls(params)
+def build_term(spec: Mapping[str, Any] | TermParams, where: str = "term") -> Term:
+    """A Term from a recipe entry ``{method: kd, weight: 0.9, T: 4, ...}`` or its
+    validated parameters."""
+    params = term_params(spec, where)
+    return METHODS.get(params.method)(params)
 
 
-def build_terms(specs: Sequence[Mapping[str, Any]]) -> list[Term]:
+def build_terms(specs: Sequence[Mapping[str, Any] | TermParams]) -> list[Term]:
     """Terms from a recipe's list; duplicate names are an error."""
     terms = [build_term(s, where=f"distill.terms.{i}") for i, s in enumerate(specs)]
     seen: dict[str, int] = {}

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pydantic import Field
 from torch import Tensor
 
-import kdlab.degrade  # noqa: F401 - registers the degradation views
 from kdlab.functional.cqd import soft_cross_entropy
 from kdlab.methods.base import StepContext, Term, TermParams
 

@@ -38,6 +38,13 @@ def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
 
 
+def projection(cin: int, cout: int, stride: int) -> nn.Module | None:
+    """The shortcut's 1x1 conv + BN where the shape changes (option B), else None."""
+    if stride == 1 and cin == cout:
+        return None
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+
 class BasicBlock(nn.Module):
     """conv-BN-ReLU-conv-BN plus shortcut, then ``relu`` (tap ``relu:input`` = preact)."""
 
@@ -47,11 +54,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = _conv3x3(cout, cout)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
-            )
+        self.downsample = projection(cin, cout, stride)
         self.relu = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:

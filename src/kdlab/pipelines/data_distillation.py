@@ -34,86 +34,22 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from kdlab.config import ModelConfig, RunConfig, Strict, read_yaml, validate
+from kdlab.config import DistillConfig, ModelConfig, RunConfig, Strict, read_yaml, validate
 from kdlab.data import DataBundle, TensorSplit, build_dataset, stratified_split
 from kdlab.errors import ConfigError
-from kdlab.registry import Registry
+from kdlab.recipes import find
 from kdlab.taps import model_logits
+from kdlab.views import build_view
 
 Transform = Callable[[Tensor], Tensor]
-TRANSFORMS: Registry[Callable[..., Transform]] = Registry("inference transform")
-
-
-# ---------------------------------------------------------------- transforms
-
-
-def shift(x: Tensor, dx: int = 0, dy: int = 0) -> Tensor:
-    """Translate by whole pixels (right/down positive); the border is replicated in."""
-    if dx == 0 and dy == 0:
-        return x
-    h, w = x.shape[-2:]
-    if abs(dx) >= w or abs(dy) >= h:
-        raise ConfigError(f"shift ({dx}, {dy}) is as large as the {h}x{w} image")
-    xp = F.pad(x, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)), mode="replicate")
-    r0, c0 = max(0, -dy), max(0, -dx)
-    return xp[..., r0 : r0 + h, c0 : c0 + w]
-
-
-def scale(x: Tensor, factor: float) -> Tensor:
-    """Zoom about the centre by ``factor`` (> 1 enlarges), keeping the image size;
-    bilinear sampling, border values outside."""
-    if factor <= 0:
-        raise ConfigError(f"scale factor must be > 0, got {factor}")
-    if factor == 1:
-        return x
-    n = x.shape[0]
-    theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
-    theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / factor
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
-@TRANSFORMS.register("identity")
-def _identity() -> Transform:
-    return lambda x: x
-
-
-@TRANSFORMS.register("hflip")
-def _hflip() -> Transform:
-    return lambda x: x.flip(-1)
-
-
-@TRANSFORMS.register("vflip")
-def _vflip() -> Transform:
-    return lambda x: x.flip(-2)
-
-
-@TRANSFORMS.register("shift")
-def _shift(dx: int = 0, dy: int = 0) -> Transform:
-    return lambda x: shift(x, int(dx), int(dy))
-
-
-@TRANSFORMS.register("scale")
-def _scale(factor: float = 1.0) -> Transform:
-    if factor <= 0:
-        raise ConfigError(f"scale factor must be > 0, got {factor}")
-    return lambda x: scale(x, float(factor))
 
 
 def build_transforms(specs: Sequence[Mapping[str, Any]]) -> list[Transform]:
-    """Transforms from ``[{type: shift, dx: 1}, {type: scale, factor: 1.1}, ...]``."""
+    """Transforms from ``[{type: shift, dx: 1}, {type: scale, factor: 1.1}, ...]``: any
+    registered view (:mod:`kdlab.views`; ``hflip``, ``shift``, ``scale``, ...)."""
     if not specs:
         raise ConfigError("data distillation needs at least one transform (e.g. identity)")
-    out = []
-    for i, spec in enumerate(specs):
-        if not isinstance(spec, Mapping) or "type" not in spec:
-            raise ConfigError(f"transforms.{i} must be a mapping with a 'type' key, got {spec!r}")
-        params = {k: v for k, v in spec.items() if k != "type"}
-        try:
-            out.append(TRANSFORMS.get(str(spec["type"]))(**params))
-        except TypeError as err:
-            raise ConfigError(f"transforms.{i} ({spec['type']}): {err}") from None
-    return out
+    return [build_view(spec, f"transforms.{i}") for i, spec in enumerate(specs)]
 
 
 # ---------------------------------------------------------------- ensembling
@@ -169,7 +105,9 @@ class DataDistillationConfig(Strict):
     model: ModelConfig | None = Field(
         None, description="the model trained on labelled data (default: the run's student)"
     )
-    run: dict[str, Any] = Field(description="the recipe both trainings use (a RunConfig)")
+    run: dict[str, Any] = Field(
+        description="the recipe both trainings use (a RunConfig, without teacher or distill)"
+    )
 
 
 @dataclass
@@ -187,12 +125,33 @@ def load_pipeline_config(
 ) -> DataDistillationConfig:
     from kdlab.config import apply_overrides  # noqa: PLC0415
 
-    data = read_yaml(source) if isinstance(source, (str, Path)) else copy.deepcopy(dict(source))
+    if isinstance(source, (str, Path)):
+        data = read_yaml(find(source))
+    else:
+        data = copy.deepcopy(dict(source))
     data = apply_overrides(data, overrides)
     cfg = validate(DataDistillationConfig, data)
-    validate(RunConfig, cfg.run, where="run")
+    _check_run(validate(RunConfig, cfg.run, where="run"))
     build_transforms(cfg.transforms)
     return cfg
+
+
+def _check_run(run: RunConfig) -> None:
+    """Refuse the recipe parts this pipeline would otherwise drop without a word."""
+    # Both trainings are cross-entropy on (pseudo-)labels of one model: the pseudo-labels
+    # are the ensemble's, not a teacher's, so distill terms, views, stages and a teacher
+    # have no role here.
+    if run.teacher is not None:
+        raise ConfigError(
+            "run.teacher: data distillation has no teacher (the pseudo-labels come from the "
+            "model trained on the labelled data; set that model with 'model:'); remove it"
+        )
+    if run.distill != DistillConfig():
+        raise ConfigError(
+            "run.distill: data distillation trains both runs with cross-entropy on labels "
+            "and pseudo-labels, so distill terms, views and stages are not used; remove "
+            "run.distill (or train a distillation recipe with `kdlab train`)"
+        )
 
 
 def split_labelled(
@@ -212,9 +171,11 @@ def run_data_distillation(
 ) -> DataDistillationResult:
     """Run the four steps; both trainings write run folders under ``out_dir``."""
     from kdlab.engine import load_model, train  # noqa: PLC0415 - engine pulls in ignite
+    from kdlab.engine.handlers import ReportProgress  # noqa: PLC0415
 
     out_dir = Path(out_dir)
     run = validate(RunConfig, cfg.run, where="run")
+    _check_run(run)
     if seed is not None:
         run = run.model_copy(update={"seed": seed})
     data = bundle if bundle is not None else build_dataset(run.data)
@@ -231,13 +192,17 @@ def run_data_distillation(
     if cfg.supervised_epochs is not None:
         first.train.epochs = cfg.supervised_epochs
     sup_bundle = _with_train(data, labelled)
-    supervised = train(first, run_dir=out_dir / "supervised", bundle=sup_bundle, progress=progress)
+    handlers = [ReportProgress(progress)] if progress is not None else []
+    supervised = train(
+        first, run_dir=out_dir / "supervised", bundle=sup_bundle, handlers=handlers, overwrite=True
+    )
     model = load_model(
         first.student.name,
         first.student.kwargs,
         supervised.run_dir,
         data.num_classes,
         data.in_channels,
+        first.student.output,
     )
 
     # 2-3. multi-transform inference, ensembled into pseudo-labels
@@ -263,7 +228,11 @@ def run_data_distillation(
         per_epoch = _batches(len(merged), second.data.batch_size)
         second.train.epochs = max(second.train.epochs, math.ceil(steps_first / per_epoch))
     distilled = train(
-        second, run_dir=out_dir / "distilled", bundle=_with_train(data, merged), progress=progress
+        second,
+        run_dir=out_dir / "distilled",
+        bundle=_with_train(data, merged),
+        handlers=handlers,
+        overwrite=True,
     )
     return DataDistillationResult(
         supervised=supervised,

@@ -32,7 +32,9 @@ def protocol_parser(
 
 def standalone(add: Any, name: str, argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse ``argv`` with a protocol's ``add_parser`` outside the ``kdlab`` CLI."""
-    root = argparse.ArgumentParser(prog="kdlab protocol")
+    from kdlab.cli import Parser  # noqa: PLC0415 - no abbreviations, as in `kdlab`
+
+    root = Parser(prog="kdlab protocol")
     add(root.add_subparsers(dest="protocol"))
     return root.parse_args([name, *(argv or [])])
 

@@ -57,8 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     from kdlab.config import load_config  # noqa: PLC0415
     from kdlab.data import DataBundle, TensorSplit, build_dataset  # noqa: PLC0415
-    from kdlab.degrade import degrade_tensor  # noqa: PLC0415
     from kdlab.engine import evaluate, load_model, train  # noqa: PLC0415
+    from kdlab.views.degrade import degrade_tensor  # noqa: PLC0415
 
     unknown = [d for d in args.degradations if d not in DEGRADATIONS]
     if unknown:
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     tcfg.distill.terms, tcfg.distill.views, tcfg.distill.stages = [{"method": "ce"}], {}, []
     if args.teacher_epochs:
         tcfg.train.epochs = args.teacher_epochs
-    teacher_res = train(tcfg, run_dir=out / "teacher", bundle=clean)
+    teacher_res = train(tcfg, run_dir=out / "teacher", bundle=clean, overwrite=True)
     teacher_dir = Path(teacher_res.run_dir)
     teacher = load_model(
         tcfg.student.name,
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
                     ]
                 else:
                     cfg.teacher = base.teacher.model_copy(update={"checkpoint": str(teacher_dir)})
-                res = train(cfg, run_dir=out / slug / cfg.name, bundle=degraded)
+                res = train(cfg, run_dir=out / slug / cfg.name, bundle=degraded, overwrite=True)
                 accs.append(res)
                 records.append(
                     {

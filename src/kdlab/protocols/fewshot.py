@@ -160,13 +160,13 @@ def fewshot_bundle(full: DataBundle, n: int, seed: int, epoch_samples: int) -> D
 
 
 def _cached(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "results.json"
-    if path.is_file():
-        try:
-            return json.loads(path.read_text())
-        except ValueError:
-            return None
-    return None
+    from kdlab.errors import RunFolderError  # noqa: PLC0415
+    from kdlab.rundir import RunDir  # noqa: PLC0415
+
+    try:
+        return RunDir(run_dir).read_results()
+    except RunFolderError:
+        return None
 
 
 def _train(cfg: RunConfig, run_dir: Path, bundle: DataBundle | None) -> dict[str, Any]:
@@ -175,7 +175,7 @@ def _train(cfg: RunConfig, run_dir: Path, bundle: DataBundle | None) -> dict[str
     cached = _cached(run_dir)
     if cached is not None:
         return cached
-    return Trainer(cfg, run_dir=run_dir, bundle=bundle).run().to_json()
+    return Trainer(cfg, run_dir=run_dir, bundle=bundle).run(overwrite=True).to_json()
 
 
 def run_fewshot(s: FewShotSettings, log: Callable[[str], None] = print) -> FewShotResult:

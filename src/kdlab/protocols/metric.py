@@ -15,7 +15,6 @@ runs its own short loop on the same pieces (Distiller, optimiser, schedule, load
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -60,14 +59,15 @@ def train_metric(cfg: RunConfig, bundle: DataBundle, run_dir: Path) -> dict[str,
     from kdlab.data import make_loader  # noqa: PLC0415
     from kdlab.distiller import Distiller  # noqa: PLC0415
     from kdlab.engine import load_model  # noqa: PLC0415
-    from kdlab.engine.checkpoint import atomic_write_text, save_weights  # noqa: PLC0415
     from kdlab.engine.env import resolve_device  # noqa: PLC0415
     from kdlab.engine.optim import build_optimizer, build_scheduler  # noqa: PLC0415
     from kdlab.methods import build_terms  # noqa: PLC0415
+    from kdlab.rundir import RunDir  # noqa: PLC0415
     from kdlab.views import build_views  # noqa: PLC0415
 
     start = time.time()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    rd = RunDir(run_dir)
+    rd.create()
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.seed)
     nc, ch = bundle.num_classes, bundle.in_channels
@@ -114,8 +114,8 @@ def train_metric(cfg: RunConfig, bundle: DataBundle, run_dir: Path) -> dict[str,
     if best["state"] is not None:
         student.load_state_dict(best["state"])
     chosen = retrieval(student, bundle.test, device) if best["state"] is not None else last
-    save_weights(run_dir / "model.safetensors", student.state_dict())
-    save_weights(run_dir / "last.safetensors", last_state)
+    rd.save_weights("model", student.state_dict())
+    rd.save_weights("last", last_state)
     result = {
         "run_dir": str(run_dir),
         "selection": "best-val-recall@1" if best["state"] is not None else "last",
@@ -127,8 +127,8 @@ def train_metric(cfg: RunConfig, bundle: DataBundle, run_dir: Path) -> dict[str,
         "test_r5_last": last[5],
         "wall_time_s": time.time() - start,
     }
-    atomic_write_text(run_dir / "results.json", json.dumps(result, indent=2))
-    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    rd.write_results(result)
+    rd.write_metrics(history)
     return result
 
 

@@ -1,9 +1,17 @@
-r"""Monte Carlo check of the four noise/Jacobian claims in references.md.
+r"""Monte Carlo check of four noise/Jacobian claims (Srinivas & Fleuret, arXiv:1803.00443).
 
-The claims (Srinivas & Fleuret, arXiv:1803.00443, as copied into our source notes) say
-what distillation under Gaussian input noise ``xi = sigma*z, z ~ N(0, I_D)`` equals to
-second order in sigma. Here each left side is estimated by Monte Carlo and set beside
-the notes' right side and a corrected right side derived below.
+The claims, as our source notes state them, say what distillation under Gaussian input
+noise ``xi = sigma*z, z ~ N(0, I_D)`` equals to second order in sigma, for a teacher T
+and a student S with k outputs and labels y:
+
+1. ``E sum_i (T_i - S_i)^2(x+xi) = sum_i (T_i - S_i)^2 + sigma^2 sum_i ||gT_i - gS_i||^2``
+2. ``E -sum_i T_i log S_i (x+xi) ~ -sum_i T_i log S_i - sigma^2 sum_i gT_i . gS_i / S_i``
+3. ``E sum_i (y_i - S_i)^2(x+xi) = sum_i (y_i - S_i)^2 + sigma^2 sum_i ||gS_i||^2``
+4. ``E -sum_i y_i log S_i (x+xi) ~ -sum_i y_i log S_i + sigma^2 sum_i y_i ||gS_i||^2 / S_i^2``
+
+(1 and 3 up to O(sigma^4), 2 and 4 as approximations; gT_i = grad T_i(x); the right
+sides are taken at x). Each left side is estimated by Monte Carlo and set beside the
+notes' right side and a corrected right side derived below.
 
 Derivation
 ----------
