@@ -396,6 +396,17 @@ def test_ft_stages_train_the_paraphraser_then_the_translator_only() -> None:
     assert ft.frozen_in_main == ("paraphraser",)
 
 
+def test_audit_defaults_of_the_pre_stage_methods() -> None:
+    # FSP's initialisation is RepDistiller's plain sum (its beta 50 never applies); FT's
+    # weight is the authors' beta 500 in the size-free form; AB's scale is the mean form
+    fsp = _distiller(TERM_SPECS["fsp"])[0].terms["fsp"]
+    assert fsp.weight == 1.0 and fsp.pre_stages()[0].losses == {"fsp": 1.0}
+    ft = _distiller(TERM_SPECS["ft"])[0].terms["ft"]
+    assert ft.weight == 11.0 and ft.params.reduction == "sqrt"
+    ab = _distiller(TERM_SPECS["ab"])[0].terms["ab"]
+    assert ab.params.reduction == "mean" and ab.weight == 0.3
+
+
 def test_ft_reconstruction_is_zero_only_for_a_perfect_paraphraser() -> None:
     d, x, y = _distiller(TERM_SPECS["ft"])
     sf, tf = _features(d, x)
