@@ -12,6 +12,7 @@ from kdlab.adapters import (
     ConvRegressor,
     Paraphraser,
     Translator,
+    connector,
     factor_channels,
     resample,
     spatial_size,
@@ -69,6 +70,19 @@ def test_connector_is_1x1_conv_bn_without_relu() -> None:
     assert _only_conv(conn).kernel_size == (1, 1)
     out = conn(torch.randn(4, 16, 8, 8))
     assert out.shape == (4, 32, 8, 8) and (out < 0).any()
+
+
+def test_ab_connector_is_the_identity_when_shapes_match_else_the_authors_init() -> None:
+    # the authors (bhheo/AB_distillation) and RepDistiller connect equal shapes directly
+    assert isinstance(connector((2, 16, 8, 8), (2, 16, 8, 8)), nn.Identity)
+    torch.manual_seed(0)
+    conn = connector((2, 64, 8, 8), (2, 128, 8, 8))
+    assert isinstance(conn, Connector)
+    conv, bn = conn.body
+    # normal(0, sqrt(2 / n)), n = k * k * out_channels = 128
+    assert conv.weight.std().item() == pytest.approx((2 / 128) ** 0.5, rel=0.05)
+    assert abs(conv.weight.mean().item()) < 0.01 and conv.bias is None
+    assert torch.equal(bn.weight, torch.ones(128)) and torch.equal(bn.bias, torch.zeros(128))
 
 
 def test_paraphraser_encodes_to_rate_times_channels_and_reconstructs_the_shape() -> None:

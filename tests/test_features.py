@@ -320,7 +320,14 @@ def test_at_and_nst_terms_are_half_the_summed_functional_values() -> None:
     out = d(x, y, losses={"at": 1.0, "nst": 1.0})
     sf, tf = _features(d, x)
     at = 0.5 * sum(attention_transfer(sf[k], tf[k]) for k in ("stages.0", "stages.1"))
-    assert out.losses["at"].item() == pytest.approx(at.item(), rel=1e-5)
+    # by default not divided by each map's H*W (8x8 and 4x4 here); per_position: the paper
+    sizes = {"stages.0": 64, "stages.1": 16}
+    raw = 0.5 * sum(attention_transfer(sf[k], tf[k]) * n for k, n in sizes.items())
+    assert out.losses["at"].item() == pytest.approx(raw.item(), rel=1e-5)
+    paper = _distiller({**TERM_SPECS["at"], "per_position": True})[0]
+    paper.load_state_dict(d.state_dict(), strict=False)
+    got = paper(x, y, losses={"at": 1.0}).losses["at"].item()
+    assert got == pytest.approx(at.item(), rel=1e-5)
     # NST average-pools the student's 4x4 map to the teacher's 2x2 before the MMD
     pooled = torch.nn.functional.adaptive_avg_pool2d(sf["stages.1"], 2)
     nst = 0.5 * nst_mmd2(pooled, tf["stages.2"])
@@ -335,7 +342,7 @@ def test_at_pools_the_larger_attention_map_across_resolutions() -> None:
     qt = attention_map(tf["stages.0"]).view(4, 4, 2, 4, 2).mean(dim=(2, 4))  # 2x2 blocks
     qs = attention_map(sf["stages.1"])
     qs, qt = (torch.nn.functional.normalize(q.flatten(1), dim=1) for q in (qs, qt))
-    ref = 0.5 * (qs - qt).pow(2).sum(1).mean() / 16
+    ref = 0.5 * (qs - qt).pow(2).sum(1).mean()  # not divided by the pooled 4x4 (default)
     assert out.losses["at"].item() == pytest.approx(ref.item(), rel=1e-5)
 
 
@@ -361,7 +368,14 @@ def test_fitnet_main_stage_switch_and_default_weight() -> None:
 
 
 def test_ft_stages_train_the_paraphraser_then_the_translator_only() -> None:
-    d, x, y = _distiller(TERM_SPECS["ft"])
+    # the paraphraser has no BN by default (the authors', RepDistiller's); with BN it runs
+    # frozen in eval mode in the main stage
+    plain = _distiller(TERM_SPECS["ft"])[0].terms["ft"]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in plain.paraphraser.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in plain.translator.modules())
+    (stage,) = plain.pre_stages()
+    assert stage.optimizer is None  # the main optimiser's lr unless paraphraser_lr is set
+    d, x, y = _distiller({**TERM_SPECS["ft"], "paraphraser_bn": True, "paraphraser_lr": 0.01})
     ft = d.terms["ft"]
     (stage,) = ft.pre_stages()
     assert stage.losses == {"ft.reconstruction": 1.0}
@@ -380,6 +394,17 @@ def test_ft_stages_train_the_paraphraser_then_the_translator_only() -> None:
     assert all(p.grad is None for p in ft.paraphraser.parameters())
     assert all(p.grad is not None for p in ft.translator.parameters())
     assert ft.frozen_in_main == ("paraphraser",)
+
+
+def test_audit_defaults_of_the_pre_stage_methods() -> None:
+    # FSP's initialisation is RepDistiller's plain sum (its beta 50 never applies); FT's
+    # weight is the authors' beta 500 in the size-free form; AB's scale is the mean form
+    fsp = _distiller(TERM_SPECS["fsp"])[0].terms["fsp"]
+    assert fsp.weight == 1.0 and fsp.pre_stages()[0].losses == {"fsp": 1.0}
+    ft = _distiller(TERM_SPECS["ft"])[0].terms["ft"]
+    assert ft.weight == 11.0 and ft.params.reduction == "sqrt"
+    ab = _distiller(TERM_SPECS["ab"])[0].terms["ab"]
+    assert ab.params.reduction == "mean" and ab.weight == 0.3
 
 
 def test_ft_reconstruction_is_zero_only_for_a_perfect_paraphraser() -> None:
@@ -488,7 +513,7 @@ def test_renamed_terms_prefix_their_stage_names() -> None:
     d, _x, _y = _distiller({**TERM_SPECS["ab"], "name": "ab2", "init_epochs": 5})
     (stage,) = d.terms["ab2"].pre_stages()
     assert stage.name == "ab2_ab_init" and stage.epochs == 5
-    assert stage.train == ["student", "terms.ab2"] and stage.losses == {"ab2": 0.003}
+    assert stage.train == ["student", "terms.ab2"] and stage.losses == {"ab2": 0.3}
 
 
 @pytest.mark.parametrize("method", FEATURE_METHODS)
@@ -528,6 +553,39 @@ def test_cifar_recipe_validates(path: Path) -> None:
     assert f"{cfg.teacher.name}-{cfg.student.name}" == path.parent.name
     terms = build_terms(cfg.distill.terms)
     assert [t.method for t in terms] == ["ce", path.stem]
+
+
+def _cifar_term(pair: str, method: str) -> dict:
+    terms = load_config(ROOT / "configs" / "cifar100" / pair / f"{method}.yaml").distill.terms
+    (term,) = [t for t in terms if t["method"] == method]
+    return term
+
+
+@pytest.mark.parametrize("pair", sorted(REFERENCE_PAIRS))
+def test_cifar_recipes_follow_the_reference_code(pair: str) -> None:
+    # the conventions in shared/references.md, checked against RepDistiller / mdistiller
+    at = build_terms([_cifar_term(pair, "at")])[0]
+    assert at.params.per_position and at.weight == 2000  # RepDistiller's 1000, no 1/2
+    assert build_terms([_cifar_term(pair, "nst")])[0].weight == 100  # its 50, no 1/2
+    fit = build_terms([_cifar_term(pair, "fitnet")])[0]
+    p = fit.params
+    assert (p.main_stage, p.hint_epochs, p.regressor_bn, p.regressor_relu) == (True, 0, True, True)
+    assert fit.weight == 100 and p.reduction == "mean" and fit.pre_stages() == []
+    ab = build_terms([_cifar_term(pair, "ab")])[0]
+    n = len(ab.params.student)
+    assert ab.params.layer_weights == [2.0 ** (i - n + 1) for i in range(n)]
+    assert (ab.params.reduction, ab.weight, ab.params.init_epochs) == ("paper", 0.003, 30)
+    fsp = build_terms([_cifar_term(pair, "fsp")])[0]
+    assert fsp.weight == 1 and fsp.params.init_epochs == 30  # the init's plain sum
+    ft = build_terms([_cifar_term(pair, "ft")])[0]
+    vgg = pair.startswith("vgg")
+    assert ft.params.paraphraser_lr == (None if vgg else 0.01) and not ft.params.paraphraser_bn
+    beta = 2.0 if pair.startswith(("resnet56", "resnet110")) else 8.0 if "x4" in pair else 6.0
+    assert build_terms([_cifar_term(pair, "dkd")])[0].params.beta == beta
+    assert build_terms([_cifar_term(pair, "crd")])[0].params.negatives == "other_class"
+    # kdlab's SP / PKT are b times RepDistiller's values: 3000 and 30000 at batch 64
+    assert build_terms([_cifar_term(pair, "sp")])[0].weight == 3000 / 64
+    assert build_terms([_cifar_term(pair, "pkt")])[0].weight == 30000 / 64
 
 
 @pytest.mark.parametrize("pair", sorted(REFERENCE_PAIRS))

@@ -189,7 +189,7 @@ def test_recipes_build_and_noisy_views_share_the_noise() -> None:
     assert dist(x, y).losses["kd"].item() == pytest.approx(0.0, abs=1e-10)
     # the teacher on the clean input while the student sees noise: no longer matched
     terms[1].params.teacher_view = "default"
-    assert dist(x, y).losses["kd"].item() > 1e-6
+    assert dist(x, y).losses["kd"].item() > 1e-8
 
 
 def test_cnn_pair_on_digit_shapes_runs_and_backpropagates() -> None:

@@ -406,7 +406,7 @@ def test_term_gradients_reach_student_and_heads_not_teacher(key: str) -> None:
 
 
 def test_term_defaults_and_weights() -> None:
-    weights = {"pkt": 30000, "sp": 3000, "cc": 0.02, "vid": 1, "rkd": 1, "crd": 0.8, "dkd": 1}
+    weights = {"pkt": 150, "sp": 5, "cc": 10, "vid": 1, "rkd": 0.1, "crd": 0.2, "dkd": 1}
     for method, w in weights.items():
         spec = {"method": method}
         if method in ("sp", "vid"):
@@ -431,7 +431,7 @@ def test_term_zero_when_student_equals_teacher() -> None:
     dist = Distiller(net, twin, terms, example_input=x).eval()
     out = dist(x, y)
     for name, value in out.losses.items():
-        assert value.item() == pytest.approx(0.0, abs=1e-6 * (30000 if name == "pkt" else 1))
+        assert value.item() == pytest.approx(0.0, abs=1e-6 * (8 * 150 if name == "pkt" else 1))
 
 
 def test_dkd_term_warms_up() -> None:
@@ -442,6 +442,48 @@ def test_dkd_term_warms_up() -> None:
     assert a.item() == pytest.approx(b.item() * 5 / 20, rel=1e-6)
     with pytest.raises(DataError, match="hard integer labels"):
         full(x, F.one_hot(y, 10).float())
+
+
+def test_dkd_warmup_scales_with_the_stage_length() -> None:
+    # a linear ramp over the first 1/12 of the stage's steps (mdistiller's 20 of 240
+    # epochs); a recipe's warmup_epochs or no progress fall back to epoch counts
+    dist, x, y = make_distiller({"method": "dkd"})
+    full = make_distiller({"method": "dkd", "warmup_epochs": 0})[0]
+    b = full(x, y).losses["dkd"].item()
+    assert dist(x, y, progress=0.0).losses["dkd"].item() == 0.0
+    assert dist(x, y, progress=1 / 24).losses["dkd"].item() == pytest.approx(b / 2)
+    assert dist(x, y, progress=0.5).losses["dkd"].item() == pytest.approx(b)
+    assert dist(x, y, epoch=4).losses["dkd"].item() == pytest.approx(b * 5 / 20)
+    fixed = make_distiller({"method": "dkd", "warmup_epochs": 2})[0]
+    assert fixed(x, y, epoch=0, progress=0.9).losses["dkd"].item() == pytest.approx(b / 2)
+
+
+def test_engine_gives_terms_the_stage_progress(tmp_path, monkeypatch) -> None:
+    # DKD's warm-up reads StepContext.progress: the share of the stage before the step
+    from kdlab.config import load_config  # noqa: PLC0415
+    from kdlab.engine import train  # noqa: PLC0415 - the engine pulls in ignite
+    from kdlab.methods.dkd import DecoupledKD  # noqa: PLC0415
+
+    seen: list[float | None] = []
+    forward = DecoupledKD.forward
+
+    def spy(self, ctx):  # noqa: ANN001, ANN202
+        seen.append(ctx.progress)
+        return forward(self, ctx)
+
+    monkeypatch.setattr(DecoupledKD, "forward", spy)
+    cfg = {
+        "name": "progress",
+        "output_dir": str(tmp_path),
+        "student": {"name": "cnn_tiny"},
+        "teacher": {"name": "cnn_tiny"},
+        "data": {"per_class": 8, "batch_size": 40},
+        "distill": {"terms": [{"method": "ce"}, {"method": "dkd"}]},
+        "train": {"epochs": 2, "progress": False},
+    }
+    train(load_config(cfg))
+    steps = len(seen)
+    assert steps >= 4 and seen == pytest.approx([i / steps for i in range(steps)])
 
 
 def test_crd_needs_data_and_indices() -> None:
@@ -481,6 +523,23 @@ def test_crd_bound_before_setup_as_the_engine_does() -> None:
     term.bind_data(10)  # labels dropped: other_class can no longer draw
     with pytest.raises(ConfigError, match="other_class"):
         dist(x, y, indices=torch.tensor([0, 1, 2, 3]))
+
+
+def test_crd_uniform_negatives_ignore_the_labels_the_engine_binds() -> None:
+    # The engine always passes the training labels; 'uniform' (the default) must still
+    # draw same-class negatives, before and after setup.
+    torch.manual_seed(0)
+    student = create_model("cnn_small", num_classes=10, in_channels=1)
+    teacher = create_model("cnn_medium", num_classes=10, in_channels=1)
+    x = torch.randn(4, 1, 8, 8)
+    labels = torch.tensor([0, 1] * 5)
+    term = build_term({"method": "crd", "embed_dim": 8, "num_negatives": 9})
+    term.bind_data(10, labels=labels)
+    Distiller(student, teacher, [term], example_input=x)
+    term.bind_data(10, labels=labels)
+    assert term.memory._class_order is None
+    drawn = torch.cat([term.memory.draw(torch.tensor([0]))[:, 1:] for _ in range(50)], dim=1)
+    assert set(drawn.flatten().tolist()) == set(range(1, 10))  # same class (even) included
 
 
 def test_bad_taps_are_clear_errors() -> None:

@@ -7,7 +7,8 @@ the term: they train with the student, are saved with it, and never see the teac
 parameters (the teacher's features arrive as plain tensors).
 
 - :class:`ConvRegressor`: FitNets' regressor; the paper's "valid" kernel or 1x1.
-- :class:`Connector`: AB's 1x1 conv + BN on the student.
+- :class:`Connector`, :func:`connector`: AB's 1x1 conv + BN on the student (identity
+  when shapes match).
 - :class:`Paraphraser`, :class:`Translator`: FT's auto-encoder on the teacher feature
   and the student's matching encoder.
 - :func:`resample`, :func:`spatial_size`: spatial matching helpers.
@@ -15,6 +16,7 @@ parameters (the teacher's features arrive as plain tensors).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -117,11 +119,25 @@ class Connector(ConvRegressor):
     """AB's connector (arXiv:1811.03233): 1x1 conv + BN from student to teacher.
 
     The paper connects layers of equal spatial size; across architectures the output
-    is resampled to the teacher's size. No ReLU: it produces pre-activations.
+    is resampled to the teacher's size. No ReLU: it produces pre-activations. The conv
+    starts from the authors' ``normal(0, sqrt(2 / n))``, ``n = k*k*out_channels``
+    (bhheo/AB_distillation), BN from weight 1, bias 0. Where the two maps already have
+    one shape, use :func:`connector` (identity, as the authors and RepDistiller do).
     """
 
     def __init__(self, student_shape: Sequence[int], teacher_shape: Sequence[int]) -> None:
         super().__init__(student_shape, teacher_shape, kernel=1, bn=True, relu=False)
+        for m in self.body:
+            if isinstance(m, nn.Conv2d):
+                n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
+
+
+def connector(student_shape: Sequence[int], teacher_shape: Sequence[int]) -> nn.Module:
+    """AB's connector: the identity when the shapes match (minus batch), else :class:`Connector`."""
+    if tuple(student_shape[1:]) == tuple(teacher_shape[1:]):
+        return nn.Identity()
+    return Connector(student_shape, teacher_shape)
 
 
 def _conv_bn_act(cin: int, cout: int, bn: bool, transpose: bool = False) -> list[nn.Module]:
@@ -142,12 +158,13 @@ class Paraphraser(nn.Module):
     """FT's paraphraser (arXiv:1802.04977): a conv auto-encoder on a teacher map.
 
     Encoder: three 3x3 convs ``C -> C -> kC -> kC``; decoder: three 3x3 transposed convs
-    ``kC -> kC -> C -> C``; each followed by BN (optional) and LeakyReLU(0.1), stride 1,
-    as in the authors' code. The encoder output is the teacher factor; the paraphraser
-    rate is ``k`` (paper: 0.5 on CIFAR).
+    ``kC -> kC -> C -> C``; each followed by LeakyReLU(0.1), stride 1, with no BatchNorm,
+    as in the authors' code and RepDistiller (``bn=True`` adds BN after each conv). The
+    encoder output is the teacher factor; the paraphraser rate is ``k`` (paper: 0.5 on
+    CIFAR).
     """
 
-    def __init__(self, channels: int, rate: float = 0.5, bn: bool = True) -> None:
+    def __init__(self, channels: int, rate: float = 0.5, bn: bool = False) -> None:
         super().__init__()
         k = factor_channels(channels, rate)
         self.encoder = nn.Sequential(
@@ -172,8 +189,9 @@ class Paraphraser(nn.Module):
 class Translator(nn.Module):
     """FT's translator: three 3x3 convs ``C_S -> C_S -> kC_T -> kC_T`` on the student map.
 
-    Its output is the student factor, resampled to the teacher map's spatial size when
-    the two differ (cross-architecture pairs).
+    Each conv is followed by BN (RepDistiller's translator; the authors' has none:
+    ``bn=False``) and LeakyReLU(0.1). Its output is the student factor, resampled to the
+    teacher map's spatial size when the two differ (cross-architecture pairs).
     """
 
     def __init__(

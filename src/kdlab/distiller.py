@@ -200,6 +200,7 @@ class Distiller(nn.Module):
         losses: Mapping[str, float] | None = None,
         epoch: int = 0,
         iteration: int = 0,
+        progress: float | None = None,
     ) -> DistillOutput:
         """Weighted losses for one batch.
 
@@ -209,6 +210,8 @@ class Distiller(nn.Module):
                 that only drive a pre-stage (fitnet's hints, AB's and FSP's
                 initialisation, FT's paraphraser) are then left out, and the first such
                 call warns (:class:`IdleTermWarning`) naming them and their stages.
+            progress: the share of the running stage done before this step, in [0, 1),
+                for terms whose schedule scales with the training length.
         """
         if losses is None and not self._idle_warned:
             self._warn_idle_terms()
@@ -249,6 +252,7 @@ class Distiller(nn.Module):
                 indices=indices,
                 epoch=epoch,
                 iteration=iteration,
+                progress=progress,
             )
             key = term.term_name if mode is None else f"{term.term_name}.{mode}"
             out[key] = weight * term.loss(ctx, mode)

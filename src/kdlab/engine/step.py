@@ -162,7 +162,16 @@ def make_step(
         if channels_last:
             x = map_images(x, _channels_last)
         with precision.autocast():
-            out = model(x, y, idx, losses=losses, epoch=engine.state.epoch - 1, iteration=it)
+            out = model(
+                x,
+                y,
+                idx,
+                losses=losses,
+                epoch=engine.state.epoch - 1,
+                iteration=it,
+                # the stage's share done: schedules that scale with training (DKD's warm-up)
+                progress=(it - 1) / max(engine.state.max_epochs * engine.state.epoch_length, 1),
+            )
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(out.total).backward()

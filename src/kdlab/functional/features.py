@@ -90,11 +90,17 @@ def attention_transfer(
     return attention_distance(qs.flatten(1), qt.flatten(1), squared)
 
 
-def attention_distance(qs: Tensor, qt: Tensor, squared: bool = True) -> Tensor:
-    """The AT distance between flattened attention maps ``(N, H*W)`` (see above)."""
+def attention_distance(
+    qs: Tensor, qt: Tensor, squared: bool = True, per_position: bool = True
+) -> Tensor:
+    """The AT distance between flattened attention maps ``(N, H*W)`` (see above).
+
+    ``per_position=False`` leaves out the division by ``H*W``: the distance of two unit
+    vectors, whose value does not change when a map is upsampled (same statistics).
+    """
     d = F.normalize(qs, dim=1) - F.normalize(qt, dim=1)
     per_sample = d.pow(2).sum(1) if squared else d.norm(dim=1)
-    return per_sample.mean() / qs.shape[1]
+    return per_sample.mean() / (qs.shape[1] if per_position else 1)
 
 
 # ------------------------------------------------------------------------- NST
@@ -154,7 +160,9 @@ def nst_mmd2(
 # ------------------------------------------------------------------------- AB
 
 
-def activation_boundary_loss(student: Tensor, teacher: Tensor, margin: float = 1.0) -> Tensor:
+def activation_boundary_loss(
+    student: Tensor, teacher: Tensor, margin: float = 1.0, reduction: Reduction = "paper"
+) -> Tensor:
     """AB (Heo et al., arXiv:1811.03233): the margin-based alternative loss.
 
     On pre-activations, with ``rho(t) = 1[t > 0]``, ``sigma = ReLU`` and margin ``mu``::
@@ -162,39 +170,53 @@ def activation_boundary_loss(student: Tensor, teacher: Tensor, margin: float = 1
         || rho(T) * sigma(mu - r(S)) + (1 - rho(T)) * sigma(mu + r(S)) ||_2^2
 
     i.e. where the teacher's neuron fires, the student's (connector output) must reach
-    ``+mu``; where it does not, ``-mu``. Squared norm over all non-batch elements,
-    averaged over the batch. ``student`` is the connector output ``r(S)``.
+    ``+mu``; where it does not, ``-mu``. ``reduction="paper"``: the squared norm over all
+    non-batch elements (the paper, the authors' code, RepDistiller), averaged over the
+    batch; ``"mean"``: the mean over every element, i.e. that divided by ``C*H*W``, a
+    value that does not grow with the map. ``student`` is the connector output ``r(S)``.
     RepDistiller additionally weighs layer i of n by ``2^(i-n+1)`` and scales
     by ``3/1000``; that belongs to the method's weights, not here.
     """
     _check_same_shape(student, teacher, "activation_boundary_loss")
+    _check_reduction(reduction)
     fire = (teacher > 0).to(student.dtype)
     hinge = fire * F.relu(margin - student) + (1 - fire) * F.relu(margin + student)
+    if reduction == "mean":
+        return hinge.pow(2).mean()
     return hinge.pow(2).flatten(1).sum(1).mean()
 
 
 # ------------------------------------------------------------------------- FT
 
 
+FTReduction = Literal["paper", "mean", "sqrt"]
+
+
 def factor_transfer(
-    student_factor: Tensor, teacher_factor: Tensor, p: int = 1, reduction: Reduction = "mean"
+    student_factor: Tensor, teacher_factor: Tensor, p: int = 1, reduction: FTReduction = "mean"
 ) -> Tensor:
     """FT (Kim, Park & Kwak, arXiv:1802.04977): ``|| F_T/||F_T|| - F_S/||F_S|| ||_p``.
 
-    Factors are vectorised per sample and L2-normalised; the paper uses p = 1.
-    ``reduction="paper"``: the p-norm of each sample's difference, averaged over the
-    batch (the formula read literally). ``"mean"`` (default): the mean of ``|d|^p`` over all
-    elements, what the authors' code (``nn.L1Loss`` on normalised factors) and
-    RepDistiller ran, and the scale the reference weight (200) was tuned for.
+    Factors are vectorised per sample (``n`` elements) and L2-normalised; the paper uses
+    p = 1. ``reduction="paper"``: the p-norm of each sample's difference, averaged over
+    the batch (the formula read literally), which grows like ``sqrt(n)`` for maps of the
+    same statistics. ``"mean"`` (default): the mean of ``|d|^p`` over all elements, what
+    the authors' code ran (``nn.L1Loss`` on normalised factors, beta 500), which shrinks
+    like ``1/sqrt(n)``. ``"sqrt"``: the per-sample p-norm divided by ``n^(1/p - 1/2)``
+    (for p = 1, ``||d||_1 / sqrt(n)``), unchanged when the factor map is upsampled.
     """
     _check_same_shape(student_factor, teacher_factor, "factor_transfer")
-    _check_reduction(reduction)
+    if reduction not in ("paper", "mean", "sqrt"):
+        raise ValueError(f"reduction must be 'paper', 'mean' or 'sqrt', got {reduction!r}")
     fs = F.normalize(student_factor.flatten(1), dim=1)
     ft = F.normalize(teacher_factor.flatten(1), dim=1)
     d = (ft - fs).abs().pow(p)
     if reduction == "mean":
         return d.mean()
-    return d.sum(1).pow(1.0 / p).mean()
+    norm = d.sum(1).pow(1.0 / p)
+    if reduction == "sqrt":
+        norm = norm / d.shape[1] ** (1.0 / p - 0.5)
+    return norm.mean()
 
 
 def reconstruction_loss(reconstruction: Tensor, target: Tensor) -> Tensor:

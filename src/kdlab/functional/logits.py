@@ -27,13 +27,20 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (t * t)
 
 
-def logit_regression(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+def logit_regression(
+    student_logits: Tensor, teacher_logits: Tensor, reduction: str = "paper"
+) -> Tensor:
     """Ba & Caruana (arXiv:1312.6184), eq. 1: ``1/(2N) sum_n ||z_s(n) - z_t(n)||^2``.
 
-    The paper regresses the teacher's pre-softmax logits with L2. Common code uses
-    ``F.mse_loss`` (a mean over classes too), i.e. this value times ``2 / num_classes``.
+    The paper regresses the teacher's pre-softmax logits with L2 (``reduction="paper"``).
+    ``"mean"``: ``F.mse_loss``, a mean over classes too (common code: torchdistill,
+    Knowledge-Distillation-Zoo), the paper's value times ``2 / num_classes``.
     """
+    if reduction not in ("paper", "mean"):
+        raise ValueError(f"reduction must be 'paper' or 'mean', got {reduction!r}")
     diff = student_logits - teacher_logits
+    if reduction == "mean":
+        return diff.pow(2).mean()
     return 0.5 * diff.pow(2).sum(dim=1).mean()
 
 

@@ -35,7 +35,7 @@ def pairwise_distances(x: Tensor, eps: float = 1e-12) -> Tensor:
     return d2.sqrt()
 
 
-def similarity_scores(x: Tensor, alpha: float = 3.0, beta: float = 3.0) -> Tensor:
+def similarity_scores(x: Tensor, alpha: float = 12.25, beta: float = 4.0) -> Tensor:
     """DarkRank's score ``S_ij = -alpha * ||x_i - x_j||^beta`` for every pair."""
     return -alpha * pairwise_distances(x).pow(beta)
 
@@ -102,8 +102,8 @@ def listnet_top1_loss(student_list: Tensor, teacher_list: Tensor) -> Tensor:
 def darkrank_loss(
     student: Tensor,
     teacher: Tensor,
-    alpha: float = 3.0,
-    beta: float = 3.0,
+    alpha: float = 12.25,
+    beta: float = 4.0,
     transfer: str = "soft",
     list_length: int | None = 4,
     soft_mode: str = "exact",

@@ -111,8 +111,9 @@ def correlation_congruence_loss(
     """Peng et al., Correlation Congruence for KD (arXiv:1904.01802), eq. 5.
 
     ``||psi(F_t) - psi(F_s)||_F^2 / b^2`` where ``psi`` is the ``b x b`` correlation matrix
-    of :func:`taylor_rbf_kernel` (paper: P = 2; gamma 0.4 as in the authors'
-    re-implementation in Knowledge-Distillation-Zoo). Feature widths may differ.
+    of :func:`taylor_rbf_kernel` (paper: P = 2; gamma 0.4 as in Knowledge-Distillation-Zoo,
+    AberHu's third-party re-implementation: the authors released no code). Feature widths
+    may differ.
     """
     _check_batch(fs, ft, "cc")
     b = fs.shape[0]

@@ -19,7 +19,7 @@ class AttentionKLParams(FeatureParams):
     )
 
 
-class AttentionKL(Term):
+class AttentionKL(Term[AttentionKLParams]):
     """``KL(A_t || A_s)`` of attention distributions, summed over tap pairs (MiniLM eq. 2).
 
     Taps: attention probabilities ``(N, heads, L, L)``, e.g.
@@ -37,7 +37,6 @@ class AttentionKL(Term):
     """
 
     method = "attention_kl"
-    Params = AttentionKLParams
     default_weight = 1.0
 
     def __init__(self, params: AttentionKLParams) -> None:

@@ -45,6 +45,9 @@ class StepContext:
     indices: Tensor | None = None
     epoch: int = 0
     iteration: int = 0
+    # the share of the running stage done before this step, in [0, 1) (None: the caller
+    # did not say), for schedules that scale with training, such as DKD's warm-up
+    progress: float | None = None
 
     def s(self, tap: Tap | str) -> Tensor:
         return self.student.features[Tap.parse(tap)]

@@ -19,37 +19,55 @@ from kdlab.methods.base import Shapes, StageConfig, StepContext, Term, pre_stage
 class FTParams(FeatureParams):
     rate: float = Field(0.5, gt=0.0, description="paraphraser rate k (factor = k * C_T channels)")
     p: int = Field(1, ge=1, description="norm of the factor distance (paper: 1)")
-    reduction: Literal["paper", "mean"] = Field(
-        "mean", description="'mean' over elements (authors' code) or the per-sample p-norm"
+    reduction: Literal["sqrt", "mean", "paper"] = Field(
+        "sqrt",
+        description="'sqrt': per-sample norm / sqrt(n), independent of the factor size; "
+        "'mean': over elements (authors' code); 'paper': per-sample p-norm",
     )
-    bn: bool = Field(True, description="BN in paraphraser and translator (authors' code)")
+    paraphraser_bn: bool = Field(False, description="BN in the paraphraser (neither reference)")
+    translator_bn: bool = Field(True, description="BN in the translator (RepDistiller)")
     paraphraser_epochs: int | None = Field(
         None, ge=0, description="paraphraser epochs (0: none); default: 1/8 of train.epochs"
     )
-    paraphraser_lr: float = Field(0.01, gt=0.0, description="its SGD learning rate")
+    paraphraser_lr: float | None = Field(
+        None,
+        gt=0.0,
+        description="its SGD learning rate; default: train.optimizer's (RepDistiller: 0.01 "
+        "for ResNet/WRN students, else the main one)",
+    )
 
 
 class FactorTransfer(Term[FTParams]):
     """Factor transfer (arXiv:1802.04977) on one teacher/student map pair.
 
-    Stage "paraphraser" (``paraphraser_epochs``, default 1/8 of ``train.epochs`` at lr 0.01, the
-    reference
-    protocol) trains only the paraphraser ``P`` (a conv auto-encoder, rate k = 0.5) to
-    reconstruct the teacher map: loss mode ``reconstruction``, ``||x - P(x)||^2`` as a
-    mean. The main stage trains the student and the translator with
+    Stage "paraphraser" (``paraphraser_epochs``, default 1/8 of ``train.epochs``, the
+    reference protocol's 30 of 240) trains only the paraphraser ``P`` (a conv
+    auto-encoder, rate k = 0.5, no BatchNorm as in the authors' code and RepDistiller)
+    to reconstruct the teacher map: loss mode ``reconstruction``, ``||x - P(x)||^2`` as a
+    mean, at ``paraphraser_lr`` (default: the main optimiser's, as the authors and
+    RepDistiller for VGG, MobileNet and ShuffleNet students; RepDistiller uses 0.01 for
+    ResNet and WRN students, which the cifar100 recipes set). The main stage trains the
+    student and the translator (BN after each conv, RepDistiller's) with
 
         beta * || F_T/||F_T||_2 - F_S/||F_S||_2 ||_p,   p = 1,
 
     ``F_T`` the frozen paraphraser's encoding of the teacher map (run in eval mode, no
-    gradient), ``F_S`` the translator's output on the student map; beta is the weight
-    (default 200, the reference protocol's). ``reduction: mean`` (default) averages
-    ``|d|`` over elements as the authors' code and RepDistiller do (the scale beta was
-    tuned for); ``paper`` takes each sample's L1 norm. Cross-architecture pairs work: the
-    translator resamples to the teacher's spatial size.
+    gradient), ``F_S`` the translator's output on the student map; beta is the weight.
+    Cross-architecture pairs work: the translator resamples to the teacher's spatial
+    size.
+
+    Departure, the factor size: the authors' code averages ``|d|`` over the ``n``
+    elements of the factor (``reduction: mean``, their beta 500 on CIFAR-10's
+    32 x 8 x 8 factors), a value that shrinks like ``1/sqrt(n)`` for factors of the same
+    statistics (the paper's per-sample norm grows like ``sqrt(n)``). The default
+    ``reduction: sqrt`` takes ``||d||_1 / sqrt(n)``, unchanged when the map is upsampled;
+    the authors' beta 500 at ``n = 2048`` is weight 11 here, the default. RepDistiller's
+    weight 200 belongs to another function (its factor is the L2-normalised channel
+    mean of ``F^2``, an ``H*W`` vector) and is not comparable.
     """
 
     method = "ft"
-    default_weight = 200.0
+    default_weight = 11.0
     frozen_in_main = ("paraphraser",)
 
     def __init__(self, params: FTParams) -> None:
@@ -65,8 +83,9 @@ class FactorTransfer(Term[FTParams]):
     def setup(self, shapes: Shapes) -> None:
         ((s, t, s_shape, t_shape),) = probed_pairs(self, shapes)
         require_maps(self, s, t, s_shape, t_shape)
-        self.paraphraser = Paraphraser(int(t_shape[1]), self.params.rate, self.params.bn)
-        self.translator = Translator(s_shape, t_shape, self.params.rate, self.params.bn)
+        p = self.params
+        self.paraphraser = Paraphraser(int(t_shape[1]), p.rate, p.paraphraser_bn)
+        self.translator = Translator(s_shape, t_shape, p.rate, p.translator_bn)
 
     def _taps(self):  # noqa: ANN202
         return self.paired_taps()[0]
@@ -102,6 +121,8 @@ class FactorTransfer(Term[FTParams]):
                 **pre_stage_length(self.params.paraphraser_epochs),
                 losses={f"{self.term_name}.reconstruction": 1.0},
                 train=[f"terms.{self.term_name}.paraphraser"],
-                optimizer=OptimizerConfig(lr=self.params.paraphraser_lr),
+                optimizer=None
+                if self.params.paraphraser_lr is None
+                else OptimizerConfig(lr=self.params.paraphraser_lr),
             )
         ]

@@ -19,7 +19,7 @@ class HiddenCosineParams(FeatureParams):
     )
 
 
-class HiddenCosine(Term):
+class HiddenCosine(Term[HiddenCosineParams]):
     """``1 - cos(h_s, h_t)`` per position, averaged, summed over tap pairs (arXiv:1910.01108).
 
     DistilBERT aligns the directions of the student's and teacher's last hidden states
@@ -31,7 +31,6 @@ class HiddenCosine(Term):
     """
 
     method = "hidden_cosine"
-    Params = HiddenCosineParams
     default_weight = 1.0
 
     def __init__(self, params: HiddenCosineParams) -> None:

@@ -18,7 +18,7 @@ class HiddenMSEParams(FeatureParams):
     )
 
 
-class HiddenMSE(Term):
+class HiddenMSE(Term[HiddenMSEParams]):
     """Hidden states through a learned linear map (TinyBERT eq. 8), summed over pairs.
 
     ``sum_m MSE(H_s^m W_h, H_t^g(m))`` with ``H`` the hidden states ``(N, L, H)`` of the
@@ -33,7 +33,6 @@ class HiddenMSE(Term):
     """
 
     method = "hidden_mse"
-    Params = HiddenMSEParams
     default_weight = 1.0
 
     def __init__(self, params: HiddenMSEParams) -> None:
