@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -238,6 +240,36 @@ class Distiller(nn.Module):
         if not student_passes:  # logits for train accuracy
             student_passes["default"] = self._student_pass(inputs, [])
 
+        make_ctx = partial(
+            StepContext,
+            targets=targets,
+            indices=indices,
+            epoch=epoch,
+            iteration=iteration,
+            progress=progress,
+        )
+        # The forwards ran under the caller's autocast (bf16/fp16); the losses must not: a
+        # bf16 log-softmax of near-uniform logits rounds KD to 0.0. Terms get float32
+        # logits and features (one cast per tensor) and run with autocast off.
+        amp = _autocast_device(next(iter(student_passes.values())).logits)
+        if amp is not None:
+            student_passes, teacher_passes = _float32(student_passes), _float32(teacher_passes)
+        with torch.autocast(amp, enabled=False) if amp else contextlib.nullcontext():
+            out = self._term_losses(plan, student_passes, teacher_passes, make_ctx)
+        # Train accuracy uses the default view's logits when some term computed them,
+        # else the first view's: an extra train-mode forward on the clean batch would
+        # move BatchNorm running statistics towards inputs the student never trains on.
+        shown = student_passes.get("default") or next(iter(student_passes.values()))
+        total = torch.stack(list(out.values())).sum() if out else shown.logits.new_zeros(())
+        return DistillOutput(total=total, losses=out, logits=shown.logits)
+
+    @staticmethod
+    def _term_losses(
+        plan: Sequence[tuple[Term, str | None, float]],
+        student_passes: Mapping[str, Pass],
+        teacher_passes: Mapping[str, Pass],
+        make_ctx: Callable[..., StepContext],
+    ) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         for term, mode, weight in plan:
             t_pass = teacher_passes.get(term.params.teacher_view) if term.needs_teacher else None
@@ -245,23 +277,10 @@ class Distiller(nn.Module):
                 # The teacher ran with a graph for a Jacobian term; other terms must see it
                 # as a constant, or the total's backward would run through the teacher.
                 t_pass = _detached(t_pass)
-            ctx = StepContext(
-                student=student_passes[term.params.student_view],
-                teacher=t_pass,
-                targets=targets,
-                indices=indices,
-                epoch=epoch,
-                iteration=iteration,
-                progress=progress,
-            )
+            ctx = make_ctx(student=student_passes[term.params.student_view], teacher=t_pass)
             key = term.term_name if mode is None else f"{term.term_name}.{mode}"
             out[key] = weight * term.loss(ctx, mode)
-        # Train accuracy uses the default view's logits when some term computed them,
-        # else the first view's: an extra train-mode forward on the clean batch would
-        # move BatchNorm running statistics towards inputs the student never trains on.
-        shown = student_passes.get("default") or next(iter(student_passes.values()))
-        total = torch.stack(list(out.values())).sum() if out else shown.logits.new_zeros(())
-        return DistillOutput(total=total, losses=out, logits=shown.logits)
+        return out
 
     def main_losses(self) -> dict[str, float]:
         """``{term: weight}`` of the main stage: what ``losses=None`` computes."""
@@ -386,6 +405,29 @@ class TeacherCache:
         for k, v in features.items():
             self.features[k][idx] = v.to(self.features[k].dtype)
         self.filled[idx] = True
+
+
+def _autocast_device(t: Tensor) -> str | None:
+    """The device type of ``t`` when autocast is on for it, else None."""
+    kind = t.device.type
+    try:
+        on = torch.is_autocast_enabled(kind)
+    except TypeError:  # torch < 2.4: no device argument
+        on = torch.is_autocast_cpu_enabled() if kind == "cpu" else torch.is_autocast_enabled()
+    return kind if on else None
+
+
+def _float32(passes: Mapping[str, Pass]) -> dict[str, Pass]:
+    """Passes with bf16/fp16 logits and features cast to float32 (fp32 and integer ones
+    are kept, not copied); the input stays, as Jacobian terms differentiate it."""
+
+    def up(t: Tensor) -> Tensor:
+        return t.float() if t.is_floating_point() and t.element_size() < 4 else t
+
+    return {
+        k: Pass(p.input, up(p.logits), {f: up(v) for f, v in p.features.items()})
+        for k, p in passes.items()
+    }
 
 
 def _detached(p: Pass) -> Pass:
