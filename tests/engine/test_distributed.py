@@ -273,4 +273,9 @@ def test_sigint_to_the_launcher_alone_stops_the_workers(tmp_path: Path) -> None:
                 os.kill(pid, signal.SIGKILL)
         launcher.wait()
     assert launcher.returncode == 130 and err.splitlines()[-1] == "kdlab: interrupted", err
+    # Children of the launcher include multiprocessing's resource tracker, which exits on
+    # its own once the launcher has gone: allow a moment for process teardown.
+    deadline = time.monotonic() + 10
+    while [pid for pid in workers if _running(pid)] and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert not [pid for pid in workers if _running(pid)]

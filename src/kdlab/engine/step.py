@@ -170,7 +170,7 @@ def make_step(
                 epoch=engine.state.epoch - 1,
                 iteration=it,
                 # the stage's share done: schedules that scale with training (DKD's warm-up)
-                progress=(it - 1) / max(engine.state.max_epochs * engine.state.epoch_length, 1),
+                progress=_progress(engine.state, it),
             )
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -198,3 +198,11 @@ def make_step(
 
 def _channels_last(x: Tensor) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last)
+
+
+def _progress(state: Any, iteration: int) -> float | None:
+    """The stage's share done before this step, or None when the engine does not know its
+    length (an engine run by hand): terms then fall back to their epoch-based schedules."""
+    if not state.max_epochs or not state.epoch_length:
+        return None
+    return (iteration - 1) / (state.max_epochs * state.epoch_length)
