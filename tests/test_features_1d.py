@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdlab.distiller import Distiller
 from kdlab.errors import ConfigError, TapError
 from kdlab.functional.features import attention_transfer, fsp_matrix, nst_mmd2
 from kdlab.methods import build_terms
@@ -187,6 +188,36 @@ def test_taps_of_other_ranks_are_one_line_errors(
 def test_an_unknown_layout_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="layout"):
         build_terms([{"method": "at", "student": "a", "teacher": "x", "layout": "nhwc"}])
+
+
+class _NoFc(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.classifier = nn.Linear(4, 8), nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.body(x))
+
+
+def test_crd_default_tap_on_a_model_without_fc() -> None:
+    terms = build_terms([{"method": "crd", "num_data": 10}])
+    with pytest.raises(TapError) as err:
+        Distiller(_NoFc(), _NoFc(), terms, example_input=torch.randn(2, 4))
+    msg = str(err.value)
+    assert msg.startswith("term 'crd' (method 'crd'): student _NoFc has no module 'fc'")
+    assert "'fc:input' is crd's default student tap; set 'student:' in the term" in msg
+    # with the taps set, the same pair builds
+    terms = build_terms(
+        [
+            {
+                "method": "crd",
+                "num_data": 10,
+                "student": ["classifier:input"],
+                "teacher": ["classifier:input"],
+            }
+        ]
+    )
+    Distiller(_NoFc(), _NoFc(), terms, example_input=torch.randn(2, 4))
 
 
 # ------------------------------------------------------------------ from the CLI
