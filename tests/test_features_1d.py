@@ -7,7 +7,6 @@ the formula is short; the refusals name the term, the tap and its shape.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from kdlab.functional.features import attention_transfer, fsp_matrix, nst_mmd2
 from kdlab.methods import build_terms
 from kdlab.methods.base import Pass, Shapes, StepContext, Term
 from kdlab.taps import Tap
-from test_cnn1d import SEQUENCE_PLUGIN
+from test_cnn1d import train_on_waves
 
 N = 3
 # student taps 'a', 'b'; teacher taps 'x', 'y' (FSP pairs consecutive taps)
@@ -224,31 +223,12 @@ def test_crd_default_tap_on_a_model_without_fc() -> None:
 
 
 def test_a_1d_pair_trains_at_and_fitnet_from_the_cli(tmp_path: Path) -> None:
-    from kdlab import cli
-    from kdlab.data import DATASETS
-
-    plugin = tmp_path / "waves.py"
-    plugin.write_text(SEQUENCE_PLUGIN)
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        "data: {name: _toy_waves, batch_size: 16}\n"
-        "student: {name: cnn1d_tiny}\n"
-        "teacher: {name: cnn1d_small}\n"
-        "distill:\n"
-        "  terms:\n"
-        "    - {method: ce}\n"
-        "    - {method: at, student: [stages.0, stages.1], teacher: [stages.0, stages.1]}\n"
-        "    - {method: fitnet, student: stages.0, teacher: stages.1, hint_epochs: 1}\n"
-        "train: {epochs: 1, progress: false, threads: 1}\n"
-    )
-    try:
-        code = cli.main(
-            ["--plugin", str(plugin), "train", str(recipe), "--run-dir", str(tmp_path / "run")]
-        )
-    finally:
-        DATASETS._items.pop("_toy_waves", None)
-    assert code == 0
-    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    terms = [
+        "{method: ce}",
+        "{method: at, student: [stages.0, stages.1], teacher: [stages.0, stages.1]}",
+        "{method: fitnet, student: stages.0, teacher: stages.1, hint_epochs: 1}",
+    ]
+    rows = train_on_waves(tmp_path, terms)
     hint = [r for r in rows if r["stage"] == "hint"]
     main = [r for r in rows if r["stage"] == "main"]
     assert len(hint) == 1 and len(main) == 1
