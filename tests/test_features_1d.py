@@ -184,6 +184,17 @@ def test_taps_of_other_ranks_are_one_line_errors(
     assert ("two (N, D) vectors" in msg) == (method in ("fitnet", "ab"))
 
 
+def test_fsp_refuses_a_1d_and_a_2d_map_in_one_term() -> None:
+    (term,) = build_terms([{"method": "fsp", "student": ["a", "b"], "teacher": ["x", "y"]}])
+    shapes = Shapes(
+        student={Tap("a"): torch.Size((N, 4, 12)), Tap("b"): torch.Size((N, 4, 3, 4))},
+        teacher={Tap("x"): torch.Size((N, 4, 12)), Tap("y"): torch.Size((N, 4, 3, 4))},
+    )
+    shown = r"^term 'fsp' \(fsp\): taps of one rank .*student 'b' \(4, 3, 4\)"
+    with pytest.raises(TapError, match=shown):
+        term.setup(shapes)
+
+
 def test_an_unknown_layout_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="layout"):
         build_terms([{"method": "at", "student": "a", "teacher": "x", "layout": "nhwc"}])

@@ -4,9 +4,9 @@ Every function takes plain tensors of shape ``(N, C, H, W)`` (or ``(N, D)`` wher
 method allows vectors) and returns a scalar averaged over the batch. ``(N, C, L)`` maps
 (1-D, e.g. a Conv1d's output) are accepted too and read as ``(N, C, 1, L)``: sums over
 the ``H*W`` positions become sums over ``L``; the element-wise losses (hint, AB, FT)
-never look at the layout. Spatial or channel
-matching between student and teacher is the caller's job (see :mod:`kdlab.adapters`),
-except where the method defines it (FSP pools inside a layer pair).
+never look at the layout. Spatial or channel matching between student and teacher is
+the caller's job (see :mod:`kdlab.adapters`), except where the method defines it (FSP
+pools inside a layer pair).
 """
 
 from __future__ import annotations

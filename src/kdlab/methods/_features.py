@@ -91,7 +91,7 @@ def map_pairs(
             raise TapError(
                 f"term {term.term_name!r} ({term.method}): student tap {str(s)!r} gives "
                 f"{tuple(s_shape)[1:]} and teacher tap {str(t)!r} gives {tuple(t_shape)[1:]} "
-                f"(batch left out); valid: {valid}"
+                f"per sample; valid: {valid}"
             )
         pairs.append((s, t, map_shape(s_shape, layout), map_shape(t_shape, layout)))
     return pairs

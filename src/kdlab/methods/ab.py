@@ -79,8 +79,7 @@ class ActivationBoundaries(Term[ABParams]):
     or two 3-D taps, ``(N, C, L)`` maps (``layout: ncl``) or ``(N, L, H)`` hidden states
     (``layout: nlc``), viewed as ``(N, C, 1, L)``: the connector is then a 1-D one (a
     Conv1d of kernel 1 + BN in effect, pooled or linearly interpolated along ``L`` to
-    the teacher's length) and
-    the hinge sums or averages over ``C*L``.
+    the teacher's length) and the hinge sums or averages over ``C*L``.
     """
 
     method = "ab"

@@ -80,8 +80,22 @@ class FlowOfSolutionProcedure(Term[FSPParams]):
         self.adapters = nn.ModuleList()
 
     def setup(self, shapes: Shapes) -> None:
+        pairs = map_pairs(self, shapes)
+        ranks = {len(shapes.student[s]) for s in self.student_taps()}
+        ranks |= {len(shapes.teacher[t]) for t in self.teacher_taps()}
+        if len(ranks) > 1:  # consecutive taps make one matrix: a 1-D map and a 2-D one do not
+            found = [
+                f"student {str(s)!r} {tuple(shapes.student[s])[1:]}" for s in self.student_taps()
+            ]
+            found += [
+                f"teacher {str(t)!r} {tuple(shapes.teacher[t])[1:]}" for t in self.teacher_taps()
+            ]
+            raise TapError(
+                f"term {self.term_name!r} (fsp): taps of one rank are needed, all (N, C, H, W) "
+                f"or all 3-D; got {', '.join(found)} per sample"
+            )
         adapters: list[nn.Module] = []
-        for s, t, s_shape, t_shape in map_pairs(self, shapes):
+        for s, t, s_shape, t_shape in pairs:
             if s_shape[1] == t_shape[1]:
                 adapters.append(nn.Identity())
             elif self.params.adapter:
