@@ -101,7 +101,9 @@ def toy_waves(cfg):
 """
 
 
-def test_a_1d_pair_trains_kd_and_sp_from_the_cli(tmp_path: Path) -> None:
+def train_on_waves(tmp_path: Path, terms: list[str]) -> list[dict]:
+    """Distil cnn1d_small into cnn1d_tiny on the plugin's sequences from the CLI, one
+    epoch, with these recipe terms (YAML flow mappings); the rows of metrics.jsonl."""
     from kdlab import cli
     from kdlab.data import DATASETS
 
@@ -114,10 +116,8 @@ def test_a_1d_pair_trains_kd_and_sp_from_the_cli(tmp_path: Path) -> None:
         "teacher: {name: cnn1d_small}\n"
         "distill:\n"
         "  terms:\n"
-        "    - {method: ce, weight: 0.1}\n"
-        "    - {method: kd, weight: 0.9}\n"
-        "    - {method: sp, student: [stages.1], teacher: [stages.1]}\n"
-        "train: {epochs: 1, progress: false, threads: 1}\n"
+        + "".join(f"    - {t}\n" for t in terms)
+        + "train: {epochs: 1, progress: false, threads: 1}\n"
     )
     try:
         code = cli.main(
@@ -126,7 +126,16 @@ def test_a_1d_pair_trains_kd_and_sp_from_the_cli(tmp_path: Path) -> None:
     finally:
         DATASETS._items.pop("_toy_waves", None)
     assert code == 0
-    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    return [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_1d_pair_trains_kd_and_sp_from_the_cli(tmp_path: Path) -> None:
+    terms = [
+        "{method: ce, weight: 0.1}",
+        "{method: kd, weight: 0.9}",
+        "{method: sp, student: [stages.1], teacher: [stages.1]}",
+    ]
+    row = train_on_waves(tmp_path, terms)[-1]
     assert row["train_kd"] > 0 and row["train_sp"] > 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["params"] == count_parameters(create_model("cnn1d_tiny", 3, 2))

@@ -87,6 +87,9 @@ class Distiller(nn.Module):
                     f"term {term.term_name!r} (method {term.method!r}) needs a teacher; "
                     "set 'teacher:' in the recipe"
                 )
+            term.check_taps(student, "student")
+            if teacher is not None:
+                term.check_taps(teacher, "teacher")
         if teacher is not None:
             teacher.eval()
             for p in teacher.parameters():

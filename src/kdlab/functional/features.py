@@ -1,9 +1,12 @@
 """Losses on intermediate feature maps: FitNets, AT, NST, AB, FT, FSP.
 
 Every function takes plain tensors of shape ``(N, C, H, W)`` (or ``(N, D)`` where the
-method allows vectors) and returns a scalar averaged over the batch. Spatial or channel
-matching between student and teacher is the caller's job (see :mod:`kdlab.adapters`),
-except where the method defines it (FSP pools inside a layer pair).
+method allows vectors) and returns a scalar averaged over the batch. ``(N, C, L)`` maps
+(1-D, e.g. a Conv1d's output) are accepted too and read as ``(N, C, 1, L)``: sums over
+the ``H*W`` positions become sums over ``L``; the element-wise losses (hint, AB, FT)
+never look at the layout. Spatial or channel matching between student and teacher is
+the caller's job (see :mod:`kdlab.adapters`), except where the method defines it (FSP
+pools inside a layer pair).
 """
 
 from __future__ import annotations
@@ -55,11 +58,13 @@ def attention_map(feature: Tensor, p: float = 2.0) -> Tensor:
     """AT (arXiv:1612.03928), sec. 3.1: ``F(A) = sum_c |A_c|^p``, shape ``(N, H, W)``.
 
     Not yet flattened or normalised (see :func:`attention_transfer`), so callers can pool
-    maps of different resolutions first.
+    maps of different resolutions first. An ``(N, C, L)`` map gives ``(N, L)``: attention
+    over positions.
     """
-    if feature.dim() != 4:
+    if feature.dim() not in (3, 4):
         raise TapError(
-            f"attention needs a (N, C, H, W) feature map, got shape {tuple(feature.shape)}"
+            "attention needs an (N, C, H, W) or (N, C, L) feature map, got shape "
+            f"{tuple(feature.shape)}"
         )
     return feature.abs().pow(p).sum(dim=1)
 
@@ -79,7 +84,8 @@ def attention_transfer(
       p = 2, not squared).
 
     The paper writes ``sum_c``, its code ``mean_c``; the normalisation makes the two
-    identical. Student and teacher maps must share ``H, W``.
+    identical. Student and teacher maps must share ``H, W`` (or ``L`` for ``(N, C, L)``
+    maps, where the division is by ``L``).
     """
     qs, qt = attention_map(student, p), attention_map(teacher, p)
     if qs.shape[1:] != qt.shape[1:]:
@@ -139,11 +145,15 @@ def nst_mmd2(
 
     averaged over the batch. Kernels (paper, sec. 3.3): linear ``x.y``, polynomial
     ``(x.y + c)^d`` (paper: d = 2, c = 0), Gaussian ``exp(-||x-y||^2 / (2 sigma^2))``.
-    Channel counts may differ; ``H, W`` must match. The paper's loss is
+    Channel counts may differ; ``H, W`` must match. ``(N, C, L)`` maps: each channel's
+    ``L`` values are one sample; ``L`` must match. The paper's loss is
     ``lambda/2 * MMD^2``; the 1/2 is the method's, not this function's.
     """
-    if student.dim() != 4 or teacher.dim() != 4:
-        raise TapError("nst_mmd2 needs (N, C, H, W) maps for student and teacher")
+    if student.dim() not in (3, 4) or teacher.dim() != student.dim():
+        raise TapError(
+            "nst_mmd2 needs two (N, C, H, W) or two (N, C, L) maps, got student "
+            f"{tuple(student.shape)} and teacher {tuple(teacher.shape)}"
+        )
     if student.shape[2:] != teacher.shape[2:] or student.shape[0] != teacher.shape[0]:
         raise TapError(
             f"nst_mmd2: student {tuple(student.shape)} and teacher {tuple(teacher.shape)} "
@@ -237,11 +247,15 @@ def fsp_matrix(first: Tensor, second: Tensor) -> Tensor:
 
     ``first`` (N, C1, h, w) and ``second`` (N, C2, h', w'): when the spatial sizes differ
     the larger map is average-pooled to the smaller one (the paper pairs layers of equal
-    size; RepDistiller pools the same way). Returns ``(N, C1, C2)``.
+    size; RepDistiller pools the same way). Returns ``(N, C1, C2)``. Two ``(N, C, L)`` maps
+    give the Gram over positions, ``sum_l F1_{l,i} F2_{l,j} / L``.
     """
-    if first.dim() != 4 or second.dim() != 4:
-        raise TapError("fsp_matrix needs two (N, C, H, W) maps")
-    first, second = pool_to_smaller(first, second)
+    if first.dim() not in (3, 4) or second.dim() != first.dim():
+        raise TapError(
+            "fsp_matrix needs two (N, C, H, W) or two (N, C, L) maps, got "
+            f"{tuple(first.shape)} and {tuple(second.shape)}"
+        )
+    first, second = pool_to_smaller(_as_2d(first), _as_2d(second))
     h, w = first.shape[2:]
     return first.flatten(2) @ second.flatten(2).transpose(1, 2) / (h * w)
 
@@ -261,8 +275,17 @@ def fsp_loss(student_g: Tensor, teacher_g: Tensor, reduction: Reduction = "paper
 # ------------------------------------------------------------------------- helpers
 
 
+def _as_2d(x: Tensor) -> Tensor:
+    """An ``(N, C, L)`` map as ``(N, C, 1, L)``; 4-D maps unchanged."""
+    return x.unsqueeze(2) if x.dim() == 3 else x
+
+
 def pool_to_smaller(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """Average-pool whichever of two (N, C, H, W) maps is larger to the other's size."""
+    """Average-pool whichever of two (N, C, H, W) maps is larger to the other's size
+    (two ``(N, C, L)`` maps: along ``L``)."""
+    if a.dim() == 3 and b.dim() == 3:
+        a2, b2 = pool_to_smaller(a.unsqueeze(2), b.unsqueeze(2))
+        return a2.squeeze(2), b2.squeeze(2)
     ha, wa = a.shape[2:]
     hb, wb = b.shape[2:]
     if (ha, wa) == (hb, wb):

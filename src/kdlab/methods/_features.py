@@ -2,18 +2,30 @@
 
 Not a method: it registers nothing. ``FeatureParams`` holds the paired tap lists;
 ``probed_pairs`` returns each student/teacher tap pair with its probed shapes.
+
+Map methods (``MapParams``) take ``(N, C, H, W)`` maps and 3-D taps. A 3-D tap is
+ambiguous, so the term's ``layout`` says how to read it, never its sizes: ``ncl``
+(default) is an ``(N, C, L)`` map from a Conv1d, ``nlc`` the ``(N, L, H)`` hidden states
+of a transformer, moved to ``(N, H, L)`` first. Either is then viewed as an
+``(N, C, 1, L)`` map, so the 2-D formulas and adapters run unchanged and compute their
+1-D forms: a sum over ``H*W`` positions is a sum over ``L``, a ``(1, k)`` conv is a
+Conv1d of kernel ``k``, BatchNorm2d over ``(N, 1, L)`` is BatchNorm1d, pooling and
+linear resampling act along ``L`` only.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, field_validator
+from torch import Tensor
 
 from kdlab.errors import TapError
-from kdlab.methods.base import Shapes, Term, TermParams
+from kdlab.methods.base import Shapes, StepContext, Term, TermParams
 from kdlab.taps import Tap
+
+Layout = Literal["ncl", "nlc"]
 
 
 class FeatureParams(TermParams):
@@ -28,19 +40,67 @@ class FeatureParams(TermParams):
         return [value] if isinstance(value, str) else value
 
 
+class MapParams(FeatureParams):
+    """Taps of a map method, and how its 3-D taps are read."""
+
+    layout: Layout = Field(
+        "ncl",
+        description="3-D taps: 'ncl' (N, C, L) maps of a Conv1d, or 'nlc' (N, L, H) hidden "
+        "states of a transformer, transposed to (N, H, L); 4-D and 2-D taps are not affected",
+    )
+
+
 def probed_pairs(term: Term, shapes: Shapes) -> list[tuple[Tap, Tap, torch.Size, torch.Size]]:
     """``(student_tap, teacher_tap, student_shape, teacher_shape)`` per pair."""
     return [(s, t, shapes.student[s], shapes.teacher[t]) for s, t in term.paired_taps()]
 
 
-def require_maps(term: Term, s: Tap, t: Tap, s_shape: torch.Size, t_shape: torch.Size) -> None:
-    """A TapError naming the taps unless both are (N, C, H, W) maps."""
-    if len(s_shape) != 4 or len(t_shape) != 4:
-        raise TapError(
-            f"term {term.term_name!r} ({term.method}) needs (N, C, H, W) feature maps; "
-            f"student tap {str(s)!r} gives {tuple(s_shape)[1:]} and teacher tap "
-            f"{str(t)!r} gives {tuple(t_shape)[1:]}: tap convolutional layers"
-        )
+def map_shape(shape: torch.Size, layout: Layout) -> torch.Size:
+    """The shape :func:`as_map` gives a tensor of ``shape``."""
+    if len(shape) != 3:
+        return torch.Size(shape)
+    n, a, b = shape
+    c, length = (a, b) if layout == "ncl" else (b, a)
+    return torch.Size((n, c, 1, length))
+
+
+def as_map(x: Tensor, layout: Layout) -> Tensor:
+    """A 3-D tap as an ``(N, C, 1, L)`` map (``nlc``: channels are the last dimension);
+    other ranks unchanged."""
+    if x.dim() != 3:
+        return x
+    if layout == "nlc":
+        x = x.transpose(1, 2)
+    return x.unsqueeze(2)
+
+
+def map_pairs(
+    term: Term, shapes: Shapes, vectors: bool = False
+) -> list[tuple[Tap, Tap, torch.Size, torch.Size]]:
+    """:func:`probed_pairs` with shapes as :func:`as_map` gives them, after a one-line
+    TapError naming the term and pair unless both taps are maps of one rank (or, with
+    ``vectors``, both ``(N, D)``)."""
+    layout: Layout = term.params.layout
+    ranks = (2, 3, 4) if vectors else (3, 4)
+    pairs = []
+    for s, t, s_shape, t_shape in probed_pairs(term, shapes):
+        if len(s_shape) != len(t_shape) or len(s_shape) not in ranks:
+            valid = "two (N, C, H, W) maps, two 3-D taps ((N, C, L) with layout 'ncl', (N, L, H) "
+            valid += "hidden states with layout 'nlc')"
+            valid += ", or two (N, D) vectors" if vectors else ""
+            raise TapError(
+                f"term {term.term_name!r} ({term.method}): student tap {str(s)!r} gives "
+                f"{tuple(s_shape)[1:]} and teacher tap {str(t)!r} gives {tuple(t_shape)[1:]} "
+                f"per sample; valid: {valid}"
+            )
+        pairs.append((s, t, map_shape(s_shape, layout), map_shape(t_shape, layout)))
+    return pairs
+
+
+def pair_maps(term: Term, ctx: StepContext, s: Tap, t: Tap) -> tuple[Tensor, Tensor]:
+    """The student's and teacher's tapped tensors of a pair, through :func:`as_map`."""
+    layout: Layout = term.params.layout
+    return as_map(ctx.s(s), layout), as_map(ctx.t(t), layout)
 
 
 def stage_name(term: Term, kind: str) -> str:

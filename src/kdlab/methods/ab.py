@@ -10,11 +10,11 @@ from torch import Tensor, nn
 from kdlab.adapters import connector
 from kdlab.errors import ConfigError
 from kdlab.functional.features import activation_boundary_loss
-from kdlab.methods._features import FeatureParams, probed_pairs, stage_name
+from kdlab.methods._features import MapParams, map_pairs, pair_maps, stage_name
 from kdlab.methods.base import Shapes, StageConfig, StepContext, Term, pre_stage_length
 
 
-class ABParams(FeatureParams):
+class ABParams(MapParams):
     margin: float = Field(1.0, ge=0.0, description="the margin mu of the alternative loss")
     reduction: Literal["paper", "mean"] = Field(
         "mean", description="'mean' over C*H*W (default) or the paper's sum over them"
@@ -74,6 +74,12 @@ class ActivationBoundaries(Term[ABParams]):
     label-only student, mean-form 25: -5.2 / -3.3, 5: -3.9 / -2.5, 1: -2.0 / -1.2,
     0.3: -1.1 / -0.1. AB gains nothing here, as in RepDistiller's CIFAR table, where it
     is at or below the label-only student on most pairs.
+
+    Taps: two ``(N, C, H, W)`` maps, two ``(N, D)`` vectors (a linear connector + BN),
+    or two 3-D taps, ``(N, C, L)`` maps (``layout: ncl``) or ``(N, L, H)`` hidden states
+    (``layout: nlc``), viewed as ``(N, C, 1, L)``: the connector is then a 1-D one (a
+    Conv1d of kernel 1 + BN in effect, pooled or linearly interpolated along ``L`` to
+    the teacher's length) and the hinge sums or averages over ``C*L``.
     """
 
     method = "ab"
@@ -86,7 +92,8 @@ class ActivationBoundaries(Term[ABParams]):
 
     def setup(self, shapes: Shapes) -> None:
         self.connectors = nn.ModuleList(
-            connector(s_shape, t_shape) for _s, _t, s_shape, t_shape in probed_pairs(self, shapes)
+            connector(s_shape, t_shape)
+            for _s, _t, s_shape, t_shape in map_pairs(self, shapes, vectors=True)
         )
 
     def forward(self, ctx: StepContext) -> Tensor:
@@ -94,8 +101,9 @@ class ActivationBoundaries(Term[ABParams]):
         weights = self.params.layer_weights or [1.0] * len(pairs)
         total = ctx.student.logits.new_zeros(())
         for (s, t), conn, w in zip(pairs, self.connectors, weights):
+            f_s, f_t = pair_maps(self, ctx, s, t)
             loss = activation_boundary_loss(
-                conn(ctx.s(s)), ctx.t(t), self.params.margin, self.params.reduction
+                conn(f_s), f_t, self.params.margin, self.params.reduction
             )
             total = total + w * loss
         return total

@@ -7,11 +7,11 @@ from pydantic import Field
 from torch import Tensor
 
 from kdlab.functional.features import attention_distance, attention_map
-from kdlab.methods._features import FeatureParams, probed_pairs, require_maps
+from kdlab.methods._features import MapParams, map_pairs, pair_maps
 from kdlab.methods.base import Shapes, StepContext, Term
 
 
-class ATParams(FeatureParams):
+class ATParams(MapParams):
     p: float = Field(2.0, gt=0.0, description="attention map exponent: sum_c |A_c|^p")
     squared: bool = Field(
         True, description="squared distance (authors' code) or the plain L2 norm of eq. 2"
@@ -49,6 +49,12 @@ class AttentionTransfer(Term[ATParams]):
     Channel counts may differ freely. When a pair's spatial sizes differ, the larger
     attention map is average-pooled to the smaller one (RepDistiller pools the feature
     maps before squaring instead; pooling the attention keeps it an average of energy).
+
+    3-D taps: attention over positions. An ``(N, C, L)`` map (``layout: ncl``) or the
+    ``(N, L, H)`` hidden states of a transformer (``layout: nlc``, ``H`` the channels) is
+    viewed as ``(N, C, 1, L)``: ``Q = vec(sum_c |A_c|^p)`` has one entry per position,
+    ``per_position`` divides by ``L``, and a longer map is average-pooled along ``L``. Every
+    position counts, padding tokens included (no attention mask reaches the term).
     """
 
     method = "at"
@@ -58,13 +64,13 @@ class AttentionTransfer(Term[ATParams]):
         super().__init__(params)
 
     def setup(self, shapes: Shapes) -> None:
-        for s, t, s_shape, t_shape in probed_pairs(self, shapes):
-            require_maps(self, s, t, s_shape, t_shape)
+        map_pairs(self, shapes)
 
     def forward(self, ctx: StepContext) -> Tensor:
         total = ctx.student.logits.new_zeros(())
         for s, t in self.paired_taps():
-            qs, qt = attention_map(ctx.s(s), self.params.p), attention_map(ctx.t(t), self.params.p)
+            fs, ft = pair_maps(self, ctx, s, t)
+            qs, qt = attention_map(fs, self.params.p), attention_map(ft, self.params.p)
             if qs.shape[1:] != qt.shape[1:]:
                 size = (min(qs.shape[1], qt.shape[1]), min(qs.shape[2], qt.shape[2]))
                 qs = F.adaptive_avg_pool2d(qs.unsqueeze(1), size).squeeze(1)

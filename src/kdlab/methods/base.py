@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from kdlab.config import StageConfig, TermParams, check_term_names, term_params
 from kdlab.errors import KdlabError, TapError
 from kdlab.registry import Registry
-from kdlab.taps import Tap
+from kdlab.taps import Tap, resolve
 
 # Pre-stages (FitNets' hints, AB's and FSP's initialisation, FT's paraphraser) default to
 # this share of the main stage: RepDistiller runs 30 initialisation epochs before 240
@@ -135,6 +135,23 @@ class Term(nn.Module, Generic[P]):
 
     def teacher_taps(self) -> Sequence[Tap]:
         return [Tap.parse(t) for t in getattr(self.params, "teacher", None) or []]
+
+    def check_taps(self, model: nn.Module, role: str) -> None:
+        """A TapError naming this term unless each of its ``role`` (student or teacher)
+        taps is a module of ``model``; for a tap the method chose by default (crd's
+        ``fc:input``) it says so and how to set the term's taps."""
+        taps = self.student_taps() if role == "student" else self.teacher_taps()
+        for tap in taps:
+            try:
+                resolve(model, tap.path, role)
+            except TapError as err:
+                default = role not in self.params.model_fields_set
+                how = f"{str(tap)!r} is {self.method}'s default {role} tap; " if default else ""
+                raise TapError(
+                    f"term {self.term_name!r} (method {self.method!r}): {err}; {how}set "
+                    f"'{role}:' in the term to a module path of the {role} ('PATH:input' "
+                    "taps that module's input)"
+                ) from None
 
     def setup(self, shapes: Shapes) -> None:
         """Build adapters from probed shapes (called once, before training)."""

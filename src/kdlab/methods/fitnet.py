@@ -9,11 +9,11 @@ from torch import Tensor, nn
 
 from kdlab.adapters import ConvRegressor
 from kdlab.functional.features import hint_loss
-from kdlab.methods._features import FeatureParams, probed_pairs, stage_name
+from kdlab.methods._features import MapParams, map_pairs, pair_maps, stage_name
 from kdlab.methods.base import Shapes, StageConfig, StepContext, Term, pre_stage_length
 
 
-class FitNetParams(FeatureParams):
+class FitNetParams(MapParams):
     regressor: Literal["valid", 1] = Field(
         "valid", description="'valid': the paper's conv (kernel N_g - N_h + 1); 1: 1x1 + resample"
     )
@@ -62,6 +62,13 @@ class FitNet(Term[FitNetParams]):
     layers (train accuracy 63% after the KD stage, against 97% with the mean). The
     reference protocol adds the hint to its single main stage with weight 100 on the
     mean: ``main_stage: true`` reproduces it (the default weight 100 applies there).
+
+    Taps: two ``(N, C, H, W)`` maps, two ``(N, D)`` vectors (a linear regressor), or two
+    3-D taps, ``(N, C, L)`` maps (``layout: ncl``) or ``(N, L, H)`` hidden states
+    (``layout: nlc``), viewed as ``(N, C, 1, L)``: the regressor is then a 1-D one, a
+    ``(1, L_g - L_h + 1)`` conv (a Conv1d of that kernel; transposed when the guided
+    layer is shorter; ``regressor: 1``: kernel 1, then pooled or linearly interpolated
+    along ``L``), and the hint loss sums or averages over ``C*L``.
     """
 
     method = "fitnet"
@@ -76,14 +83,14 @@ class FitNet(Term[FitNetParams]):
         p = self.params
         self.regressors = nn.ModuleList(
             ConvRegressor(s_shape, t_shape, p.regressor, p.regressor_bn, p.regressor_relu)
-            for _s, _t, s_shape, t_shape in probed_pairs(self, shapes)
+            for _s, _t, s_shape, t_shape in map_pairs(self, shapes, vectors=True)
         )
 
     def forward(self, ctx: StepContext) -> Tensor:
-        losses = [
-            hint_loss(reg(ctx.s(s)), ctx.t(t), self.params.reduction)
-            for (s, t), reg in zip(self.paired_taps(), self.regressors)
-        ]
+        losses = []
+        for (s, t), reg in zip(self.paired_taps(), self.regressors):
+            f_s, f_t = pair_maps(self, ctx, s, t)
+            losses.append(hint_loss(reg(f_s), f_t, self.params.reduction))
         return sum(losses[1:], losses[0])
 
     def pre_stages(self) -> list[StageConfig]:

@@ -10,11 +10,11 @@ from torch import Tensor, nn
 from kdlab.adapters import ConvRegressor
 from kdlab.errors import ConfigError, TapError
 from kdlab.functional.features import fsp_loss, fsp_matrix
-from kdlab.methods._features import FeatureParams, probed_pairs, require_maps, stage_name
+from kdlab.methods._features import MapParams, map_pairs, pair_maps, stage_name
 from kdlab.methods.base import Shapes, StageConfig, StepContext, Term, pre_stage_length
 
 
-class FSPParams(FeatureParams):
+class FSPParams(MapParams):
     adapter: bool = Field(
         False, description="1x1 conv + BN on student maps whose channels differ from the teacher's"
     )
@@ -63,6 +63,12 @@ class FlowOfSolutionProcedure(Term[FSPParams]):
     is their mean (RepDistiller), the paper's value divided by ``C1*C2``, which does not
     change when every channel is repeated: with weight 50 the sum diverged on digits
     within 4 steps at SGD lr 0.05, the mean trained.
+
+    3-D taps: ``(N, C, L)`` maps (``layout: ncl``) or ``(N, L, H)`` hidden states
+    (``layout: nlc``), viewed as ``(N, C, 1, L)``: ``G_ij = sum_l F1_{l,i} F2_{l,j} / L``,
+    the Gram between two layers over positions, the longer of a pair average-pooled
+    along ``L``; ``adapter: true`` is a Conv1d of kernel 1 + BN in effect. All taps of a
+    term must have one rank (a 2-D map and a 1-D one do not pair).
     """
 
     method = "fsp"
@@ -74,9 +80,22 @@ class FlowOfSolutionProcedure(Term[FSPParams]):
         self.adapters = nn.ModuleList()
 
     def setup(self, shapes: Shapes) -> None:
+        pairs = map_pairs(self, shapes)
+        ranks = {len(shapes.student[s]) for s in self.student_taps()}
+        ranks |= {len(shapes.teacher[t]) for t in self.teacher_taps()}
+        if len(ranks) > 1:  # consecutive taps make one matrix: a 1-D map and a 2-D one do not
+            found = [
+                f"student {str(s)!r} {tuple(shapes.student[s])[1:]}" for s in self.student_taps()
+            ]
+            found += [
+                f"teacher {str(t)!r} {tuple(shapes.teacher[t])[1:]}" for t in self.teacher_taps()
+            ]
+            raise TapError(
+                f"term {self.term_name!r} (fsp): taps of one rank are needed, all (N, C, H, W) "
+                f"or all 3-D; got {', '.join(found)} per sample"
+            )
         adapters: list[nn.Module] = []
-        for s, t, s_shape, t_shape in probed_pairs(self, shapes):
-            require_maps(self, s, t, s_shape, t_shape)
+        for s, t, s_shape, t_shape in pairs:
             if s_shape[1] == t_shape[1]:
                 adapters.append(nn.Identity())
             elif self.params.adapter:
@@ -93,8 +112,9 @@ class FlowOfSolutionProcedure(Term[FSPParams]):
 
     def forward(self, ctx: StepContext) -> Tensor:
         taps = self.paired_taps()
-        fs = [a(ctx.s(s)) for (s, _t), a in zip(taps, self.adapters)]
-        ft = [ctx.t(t) for _s, t in taps]
+        maps = [pair_maps(self, ctx, s, t) for s, t in taps]
+        fs = [a(m_s) for (m_s, _m_t), a in zip(maps, self.adapters)]
+        ft = [m_t for _m_s, m_t in maps]
         total = ctx.student.logits.new_zeros(())
         for i in range(len(taps) - 1):
             g_s, g_t = fsp_matrix(fs[i], fs[i + 1]), fsp_matrix(ft[i], ft[i + 1])

@@ -12,11 +12,11 @@ from kdlab.adapters import Paraphraser, Translator
 from kdlab.config import OptimizerConfig
 from kdlab.errors import ConfigError
 from kdlab.functional.features import factor_transfer, reconstruction_loss
-from kdlab.methods._features import FeatureParams, probed_pairs, require_maps, stage_name
+from kdlab.methods._features import MapParams, map_pairs, pair_maps, stage_name
 from kdlab.methods.base import Shapes, StageConfig, StepContext, Term, pre_stage_length
 
 
-class FTParams(FeatureParams):
+class FTParams(MapParams):
     rate: float = Field(0.5, gt=0.0, description="paraphraser rate k (factor = k * C_T channels)")
     p: int = Field(1, ge=1, description="norm of the factor distance (paper: 1)")
     reduction: Literal["sqrt", "mean", "paper"] = Field(
@@ -64,6 +64,12 @@ class FactorTransfer(Term[FTParams]):
     the authors' beta 500 at ``n = 2048`` is weight 11 here, the default. RepDistiller's
     weight 200 belongs to another function (its factor is the L2-normalised channel
     mean of ``F^2``, an ``H*W`` vector) and is not comparable.
+
+    3-D taps: ``(N, C, L)`` maps (``layout: ncl``) or ``(N, L, H)`` hidden states
+    (``layout: nlc``) are viewed as ``(N, C, 1, L)``. The paraphraser's and translator's
+    3x3 convs (padding 1) then see one row of data between zero padding: they compute
+    1-D convs of kernel 3, and the outer rows of each kernel (two thirds of its weights)
+    never receive a gradient. The factor has ``k*C_T*L`` elements.
     """
 
     method = "ft"
@@ -81,8 +87,7 @@ class FactorTransfer(Term[FTParams]):
         self.translator: nn.Module = nn.Identity()
 
     def setup(self, shapes: Shapes) -> None:
-        ((s, t, s_shape, t_shape),) = probed_pairs(self, shapes)
-        require_maps(self, s, t, s_shape, t_shape)
+        ((_s, _t, s_shape, t_shape),) = map_pairs(self, shapes)
         p = self.params
         self.paraphraser = Paraphraser(int(t_shape[1]), p.rate, p.paraphraser_bn)
         self.translator = Translator(s_shape, t_shape, p.rate, p.translator_bn)
@@ -101,15 +106,14 @@ class FactorTransfer(Term[FTParams]):
             self.paraphraser.train(was_training)
 
     def forward(self, ctx: StepContext) -> Tensor:
-        s, t = self._taps()
-        factor_t = self.teacher_factor(ctx.t(t))
-        factor_s = self.translator(ctx.s(s))
+        map_s, map_t = pair_maps(self, ctx, *self._taps())
+        factor_t = self.teacher_factor(map_t)
+        factor_s = self.translator(map_s)
         return factor_transfer(factor_s, factor_t, self.params.p, self.params.reduction)
 
     def loss_reconstruction(self, ctx: StepContext) -> Tensor:
         """The paraphraser pre-stage loss on the teacher map."""
-        _s, t = self._taps()
-        x = ctx.t(t)
+        _map_s, x = pair_maps(self, ctx, *self._taps())
         return reconstruction_loss(self.paraphraser(x), x)
 
     def pre_stages(self) -> list[StageConfig]:

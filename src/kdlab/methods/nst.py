@@ -8,11 +8,11 @@ from pydantic import Field
 from torch import Tensor
 
 from kdlab.functional.features import nst_mmd2, pool_to_smaller
-from kdlab.methods._features import FeatureParams, probed_pairs, require_maps
+from kdlab.methods._features import MapParams, map_pairs, pair_maps
 from kdlab.methods.base import Shapes, StepContext, Term
 
 
-class NSTParams(FeatureParams):
+class NSTParams(MapParams):
     kernel: Literal["linear", "poly", "gaussian"] = "poly"
     degree: int = Field(2, ge=1, description="polynomial kernel degree d")
     c: float = Field(0.0, ge=0.0, description="polynomial kernel offset c")
@@ -41,6 +41,11 @@ class NeuronSelectivityTransfer(Term[NSTParams]):
 
     Channel counts may differ (MMD compares sets). Spatial sizes must match: the larger
     map is average-pooled to the smaller, as in RepDistiller.
+
+    3-D taps: the same idea over positions. Each channel of an ``(N, C, L)`` map
+    (``layout: ncl``), or each hidden unit of ``(N, L, H)`` hidden states (``layout:
+    nlc``), is one sample: its ``L`` values, L2-normalised (the map viewed as
+    ``(N, C, 1, L)``); a longer map is average-pooled along ``L``.
     """
 
     method = "nst"
@@ -50,13 +55,12 @@ class NeuronSelectivityTransfer(Term[NSTParams]):
         super().__init__(params)
 
     def setup(self, shapes: Shapes) -> None:
-        for s, t, s_shape, t_shape in probed_pairs(self, shapes):
-            require_maps(self, s, t, s_shape, t_shape)
+        map_pairs(self, shapes)
 
     def forward(self, ctx: StepContext) -> Tensor:
         p = self.params
         total = ctx.student.logits.new_zeros(())
         for s, t in self.paired_taps():
-            fs, ft = pool_to_smaller(ctx.s(s), ctx.t(t))
+            fs, ft = pool_to_smaller(*pair_maps(self, ctx, s, t))
             total = total + nst_mmd2(fs, ft, p.kernel, p.degree, p.c, p.sigma2)
         return 0.5 * total
