@@ -16,8 +16,10 @@ family's resolver turns the rest of the name into an object.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 from types import ModuleType
 from typing import Any, Generic, TypeVar
@@ -151,3 +153,12 @@ class Registry(Generic[T]):
 def _entry_points(group: str) -> list[Any]:
     """The installed entry points of ``group`` (read afresh: sys.path may have grown)."""
     return list(metadata.entry_points(group=group))
+
+
+def import_submodules(package: str, path: Iterable[str], skip: Iterable[str] = ("base",)) -> None:
+    """Import every module of a registry's package (``methods``, ``views``, ...) so that
+    each registers itself: adding a method, view or dataset is adding one file."""
+    skipped = set(skip)
+    for info in pkgutil.iter_modules(path):
+        if info.name not in skipped:
+            importlib.import_module(f"{package}.{info.name}")

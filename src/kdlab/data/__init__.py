@@ -7,8 +7,6 @@ imported, so adding a dataset means adding one file with ``@DATASETS.register``.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,7 +20,7 @@ from kdlab.data.base import (
     take_per_class,
 )
 from kdlab.data.loader import TensorLoader, make_loader
-from kdlab.registry import Registry
+from kdlab.registry import Registry, import_submodules
 
 DatasetBuilder = Callable[[DataConfig], DataBundle]
 DATASETS: Registry[DatasetBuilder] = Registry("dataset")
@@ -62,9 +60,7 @@ def build_dataset(cfg: DataConfig) -> DataBundle:
     return bundle
 
 
-for _info in pkgutil.iter_modules(__path__):
-    if _info.name not in ("base", "loader", "_options"):
-        importlib.import_module(f"{__name__}.{_info.name}")
+import_submodules(__name__, __path__, skip=("base", "loader", "_options"))
 
 __all__ = [
     "DATASETS",

@@ -5,9 +5,6 @@ Every module in this package is imported, so adding a method means adding one fi
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from kdlab.methods.base import (
     METHODS,
     Pass,
@@ -19,10 +16,9 @@ from kdlab.methods.base import (
     build_term,
     build_terms,
 )
+from kdlab.registry import import_submodules
 
-for _info in pkgutil.iter_modules(__path__):
-    if _info.name != "base":
-        importlib.import_module(f"{__name__}.{_info.name}")
+import_submodules(__name__, __path__)
 
 __all__ = [
     "METHODS",

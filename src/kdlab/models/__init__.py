@@ -8,15 +8,13 @@ return features: use taps.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
 from kdlab.errors import ModelError
-from kdlab.registry import Registry
+from kdlab.registry import Registry, import_submodules
 from kdlab.taps import OutputChoice, select_output
 
 ModelFactory = Callable[..., nn.Module]
@@ -119,7 +117,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-for _info in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_info.name}")
+import_submodules(__name__, __path__, skip=())
 
 __all__ = ["MODELS", "count_parameters", "create_model", "register_model"]

@@ -15,9 +15,7 @@ this package is imported, so adding a view means adding one file.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
+from kdlab.registry import import_submodules
 from kdlab.views.base import (
     DEFAULT,
     VIEWS,
@@ -30,9 +28,7 @@ from kdlab.views.base import (
     identity,
 )
 
-for _info in pkgutil.iter_modules(__path__):
-    if _info.name != "base":
-        importlib.import_module(f"{__name__}.{_info.name}")
+import_submodules(__name__, __path__)
 
 __all__ = [
     "DEFAULT",

@@ -6,9 +6,6 @@ needs a new data transform or pre-step adds one file here and names it in its sp
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from kdlab.bench.hooks.base import (
     DATA_HOOKS,
     PRE_STEPS,
@@ -16,9 +13,8 @@ from kdlab.bench.hooks.base import (
     HookContext,
     bind_hook,
 )
+from kdlab.registry import import_submodules
 
-for _info in pkgutil.iter_modules(__path__):
-    if _info.name != "base":
-        importlib.import_module(f"{__name__}.{_info.name}")
+import_submodules(__name__, __path__)
 
 __all__ = ["DATA_HOOKS", "PRE_STEPS", "HookCall", "HookContext", "bind_hook"]

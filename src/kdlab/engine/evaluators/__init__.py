@@ -6,13 +6,9 @@ Importing this package registers every evaluator in it (``accuracy``, ``retrieva
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from kdlab.engine.evaluators.base import EVALUATORS, Evaluator, build_evaluator, selection
+from kdlab.registry import import_submodules
 
-for _info in pkgutil.iter_modules(__path__):
-    if _info.name != "base":
-        importlib.import_module(f"{__name__}.{_info.name}")
+import_submodules(__name__, __path__)
 
 __all__ = ["EVALUATORS", "Evaluator", "build_evaluator", "selection"]
