@@ -36,6 +36,7 @@ SPECS = {
     "fitnet_1x1": {"method": "fitnet", "student": ["a"], "teacher": ["x"], "regressor": 1},
     "ab": {"student": ["a", "b"], "teacher": ["x", "y"], "main_stage": True},
     "ft": {"student": ["a"], "teacher": ["x"]},
+    "vid": {"student": ["a", "b"], "teacher": ["x", "y"]},
 }
 
 
@@ -193,6 +194,23 @@ def test_fsp_refuses_a_1d_and_a_2d_map_in_one_term() -> None:
     shown = r"^term 'fsp' \(fsp\): taps of one rank .*student 'b' \(4, 3, 4\)"
     with pytest.raises(TapError, match=shown):
         term.setup(shapes)
+
+
+def test_vid_refuses_5d_taps_naming_them_and_keeps_vectors() -> None:
+    (term,) = build_terms([{"method": "vid", "student": "a", "teacher": "x"}])
+    five = Shapes(
+        student={Tap("a"): torch.Size((N, 2, 3, 4, 5))}, teacher={Tap("x"): torch.Size((N, 4))}
+    )
+    with pytest.raises(TapError) as err:
+        term.setup(five)
+    msg = str(err.value)
+    assert msg.startswith("term 'vid' (vid): student tap 'a' gives (2, 3, 4, 5)")
+    assert "\n" not in msg
+    assert "(N, D) vectors or 3-D taps" in msg
+    # a vector and a 1-D map pair: the vector is a (D, 1, 1) map, the map pooled to it
+    (term,) = build_terms([{"method": "vid", "student": "a", "teacher": "x"}])
+    s, t = {"a": torch.randn(N, 4, 12)}, {"x": torch.randn(N, 5)}
+    assert _loss(_setup(term, s, t), s, t).item() > 0
 
 
 def test_an_unknown_layout_is_a_config_error() -> None:

@@ -12,12 +12,11 @@ from torch import Tensor, nn
 from kdlab.errors import TapError
 from kdlab.functional.relations import vid_nll
 from kdlab.heads import VIDRegressor
-from kdlab.methods.base import Shapes, StepContext, Term, TermParams
+from kdlab.methods._features import MapParams, as_map, map_shape
+from kdlab.methods.base import Shapes, StepContext, Term
 
 
-class VIDParams(TermParams):
-    student: list[str] = Field(min_length=1, description="student layers, paired with teacher")
-    teacher: list[str] = Field(min_length=1, description="teacher layers, paired with student")
+class VIDParams(MapParams):
     mid_channels: int | None = Field(
         None, ge=1, description="width of the regressor's hidden 1x1 convs (None: teacher's)"
     )
@@ -25,13 +24,12 @@ class VIDParams(TermParams):
     eps: float = Field(1e-5, gt=0.0, description="floor added to the softplus variance")
 
 
-def _as_map(f: Tensor) -> Tensor:
-    """Vectors ``(b, d)`` become ``(b, d, 1, 1)`` so one 1x1-conv regressor fits both."""
+def _as_map(f: Tensor, layout: str) -> Tensor:
+    """Vectors ``(b, d)`` become ``(b, d, 1, 1)`` and 3-D taps ``(b, C, 1, L)`` (see
+    ``layout``), so one 1x1-conv regressor fits every rank."""
     if f.dim() == 2:
         return f[:, :, None, None]
-    if f.dim() != 4:
-        raise TapError(f"vid: expects (b, C, H, W) or (b, d) features, got {tuple(f.shape)}")
-    return f
+    return as_map(f, layout)  # type: ignore[arg-type]
 
 
 class VariationalInformationDistillation(Term[VIDParams]):
@@ -49,6 +47,11 @@ class VariationalInformationDistillation(Term[VIDParams]):
     summed. When spatial sizes differ the larger map is average-pooled to the smaller
     (RepDistiller does the same; the paper's pairs have equal sizes).
 
+    Taps may be maps ``(b, C, H, W)``, vectors ``(b, d)`` or 3-D: ``(b, C, L)`` of a
+    Conv1d (``layout: ncl``) or ``(b, L, H)`` hidden states (``layout: nlc``), read as
+    ``(b, C, 1, L)`` maps, so the regressor's 1x1 convs act per position and the
+    variance is per channel, as on images.
+
     Defaults: weight 1 beside ``ce`` at 1 (the CIFAR-100 reference protocol), hidden
     width = teacher channels, initial variance 5, eps 1e-5 (RepDistiller's values; the
     paper gives none). The paper averages over the batch and sums over C, H, W;
@@ -64,11 +67,14 @@ class VariationalInformationDistillation(Term[VIDParams]):
         self.log_scales = nn.ParameterList()
         for s, t in self.paired_taps():
             s_shape, t_shape = shapes.student[s], shapes.teacher[t]
-            if len(s_shape) not in (2, 4) or len(t_shape) not in (2, 4):
+            if len(s_shape) not in (2, 3, 4) or len(t_shape) not in (2, 3, 4):
                 raise TapError(
-                    f"term {self.term_name!r}: vid needs (b, C, H, W) or (b, d) features; "
-                    f"student {s} is {tuple(s_shape)}, teacher {t} is {tuple(t_shape)}"
+                    f"term {self.term_name!r} (vid): student tap {str(s)!r} gives "
+                    f"{tuple(s_shape)[1:]} and teacher tap {str(t)!r} gives "
+                    f"{tuple(t_shape)[1:]} per sample; valid: (N, C, H, W) maps, (N, D) "
+                    "vectors or 3-D taps ((N, C, L) with layout 'ncl', (N, L, H) with 'nlc')"
                 )
+            s_shape, t_shape = map_shape(s_shape, p.layout), map_shape(t_shape, p.layout)
             cs, ct = int(s_shape[1]), int(t_shape[1])
             self.regressors.append(VIDRegressor(cs, p.mid_channels or ct, ct))
             # softplus(alpha) = init_variance - eps  <=>  alpha = log(exp(v - eps) - 1)
@@ -79,7 +85,7 @@ class VariationalInformationDistillation(Term[VIDParams]):
         p = self.params
         total = ctx.student.logits.new_zeros(())
         for i, (s, t) in enumerate(self.paired_taps()):
-            fs, ft = _as_map(ctx.s(s)), _as_map(ctx.t(t))
+            fs, ft = _as_map(ctx.s(s), p.layout), _as_map(ctx.t(t), p.layout)
             hs, ht = fs.shape[2:], ft.shape[2:]
             if hs[0] > ht[0] or hs[1] > ht[1]:
                 fs = F.adaptive_avg_pool2d(fs, ht)
