@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -12,6 +13,9 @@ from torch import Tensor
 
 from kdlab.errors import DataError
 from kdlab.inputs import PLAIN, Inputs, describe, head, map_inputs, named, take
+
+if TYPE_CHECKING:
+    from kdlab.config import DataConfig
 
 
 @dataclass
@@ -87,6 +91,14 @@ class DataBundle:
     image_size: tuple[int, ...]  # (H, W) of images, (L,) of sequences, (1, 1) for vectors
     name: str = ""
     extra: dict[str, object] = field(default_factory=dict)
+
+
+def data_root(cfg: DataConfig, expects: str) -> Path:
+    """``data.root`` as a path, or a DataError naming the dataset and what the root must
+    hold (``expects``) when the recipe gives none."""
+    if cfg.root is None:
+        raise DataError(f"dataset {cfg.name!r} needs data.root: {expects}")
+    return Path(cfg.root).expanduser()
 
 
 def check_labels(y: np.ndarray | Tensor, num_classes: int, source: str) -> None:
@@ -268,6 +280,7 @@ ArrayInputs = np.ndarray | dict[str, np.ndarray]  # one array, or named arrays (
 
 def _rows(x: ArrayInputs, idx: np.ndarray | None = None) -> Inputs:
     """Arrays as tensors (rows ``idx``); float arrays are float32, integer ones int64."""
+
     def one(a: np.ndarray) -> Tensor:
         a = a if idx is None else a[idx]
         dtype = np.float32 if np.issubdtype(a.dtype, np.floating) else None
@@ -336,9 +349,7 @@ def named_inputs_bundle(
     """The bundle of a file of named inputs (``input_ids``, masks...) and labels, split by
     :func:`split_labelled`: ``in_channels`` 1, ``image_size`` ``(L,)`` of ``input_ids``,
     ``extra`` with the input names and the label map."""
-    train, val, test_split, num_classes, mapping = split_labelled(
-        cfg, x, y, test, sources, options
-    )
+    train, val, test_split, num_classes, mapping = split_labelled(cfg, x, y, test, sources, options)
     return DataBundle(
         train=train,
         val=val,

@@ -26,7 +26,7 @@ import torch
 
 from kdlab.config import DataConfig
 from kdlab.data import options_for, register_dataset
-from kdlab.data.base import DataBundle, TensorSplit, standardize, stratified_split
+from kdlab.data.base import DataBundle, TensorSplit, data_root, standardize, stratified_split
 from kdlab.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff"}
@@ -106,12 +106,11 @@ def image_folder(cfg: DataConfig) -> DataBundle:
     if opts["channels"] not in (1, 3):
         raise DataError(f"data.options.channels must be 1 or 3, got {opts['channels']!r}")
     mode = "L" if opts["channels"] == 1 else "RGB"
-    if cfg.root is None:
-        raise DataError(
-            "dataset 'image_folder' needs data.root: a folder holding train/<class>/ "
-            "(and optionally val/, test/) or <class>/ sub-folders of images"
-        )
-    root = Path(cfg.root).expanduser()
+    root = data_root(
+        cfg,
+        "a folder holding train/<class>/ "
+        "(and optionally val/, test/) or <class>/ sub-folders of images",
+    )
     if not root.is_dir():
         raise DataError(f"data.root {str(root)!r} is not a folder")
     image = _import_pil()

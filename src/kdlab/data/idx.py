@@ -40,7 +40,7 @@ import torch
 
 from kdlab.config import DataConfig
 from kdlab.data import options_for, register_dataset
-from kdlab.data.base import DataBundle, TensorSplit, encode_labels, stratified_split
+from kdlab.data.base import DataBundle, TensorSplit, data_root, encode_labels, stratified_split
 from kdlab.errors import DataError
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -216,9 +216,5 @@ def fashion_mnist(cfg: DataConfig) -> DataBundle:
 @register_dataset("mnist_idx", options=IDX_OPTIONS)
 def mnist_idx(cfg: DataConfig) -> DataBundle:
     """Any MNIST-format folder (MNIST, KMNIST, EMNIST...): ``data.root`` required."""
-    if cfg.root is None:
-        raise DataError(
-            "dataset 'mnist_idx' needs data.root: a folder holding "
-            f"{', '.join(FILES.values())} (gzipped or not)"
-        )
-    return idx_bundle(cfg, Path(cfg.root).expanduser(), "mnist_idx")
+    root = data_root(cfg, f"a folder holding {', '.join(FILES.values())} (gzipped or not)")
+    return idx_bundle(cfg, root, "mnist_idx")

@@ -44,7 +44,7 @@ import torch
 
 from kdlab.config import DataConfig
 from kdlab.data import options_for, register_dataset
-from kdlab.data.base import DataBundle, Split, TensorSplit, stratified_split
+from kdlab.data.base import DataBundle, Split, TensorSplit, data_root, stratified_split
 from kdlab.data.folder import IMAGE_SUFFIXES, _class_dirs, _image_files, _image_size, _import_pil
 from kdlab.data.stream import FolderSplit, PathList
 from kdlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, imagenet_transforms
@@ -243,11 +243,11 @@ def in_memory(split: FolderSplit, batch_size: int = 256) -> TensorSplit:
 def imagenet(cfg: DataConfig) -> DataBundle:
     """ImageNet-layout folders or shards (see the module docstring)."""
     opts = options_for(cfg)
-    if cfg.root is None:
-        raise DataError(
-            "dataset 'imagenet' needs data.root: a folder holding train/<class>/ and val/ "
-            "(or a folder or URL of shards written by 'kdlab data shard')"
-        )
+    data_root(
+        cfg,
+        "a folder holding train/<class>/ and val/ "
+        "(or a folder or URL of shards written by 'kdlab data shard')",
+    )
     transforms = transforms_from_options(cfg, opts)
     size = _image_size(opts["image_size"])
     from kdlab.data import shards  # noqa: PLC0415 - circular: shards imports this module

@@ -48,7 +48,7 @@ import numpy as np
 
 from kdlab.config import DataConfig
 from kdlab.data import options_for, register_dataset
-from kdlab.data.base import DataBundle, check_finite, named_inputs_bundle, split_labelled
+from kdlab.data.base import DataBundle, check_finite, data_root, named_inputs_bundle, split_labelled
 from kdlab.errors import DataError
 
 LAYOUTS = {"nchw": 4, "nhwc": 4, "nhw": 3, "ncl": 3}
@@ -121,12 +121,9 @@ def _labels(y: np.ndarray, n: int, source: str) -> np.ndarray:
 def npz(cfg: DataConfig) -> DataBundle:
     """Train/val/test splits from the arrays in the ``.npz`` file ``data.root``."""
     opts = options_for(cfg)
-    if cfg.root is None:
-        raise DataError(
-            "dataset 'npz' needs data.root: the path of an .npz file with arrays x, y "
-            "(and optionally x_test, y_test)"
-        )
-    path = Path(cfg.root).expanduser()
+    path = data_root(
+        cfg, "the path of an .npz file with arrays x, y (and optionally x_test, y_test)"
+    )
     if not path.is_file():
         raise DataError(f"data.root {str(path)!r}: no such .npz file")
     try:

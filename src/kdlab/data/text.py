@@ -37,7 +37,7 @@ import numpy as np
 
 from kdlab.config import DataConfig
 from kdlab.data import options_for, register_dataset
-from kdlab.data.base import DataBundle, named_inputs_bundle
+from kdlab.data.base import DataBundle, data_root, named_inputs_bundle
 from kdlab.errors import DataError
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json"}
@@ -232,12 +232,13 @@ def _pretokenised(
 def text(cfg: DataConfig) -> DataBundle:
     """Token inputs and labels from local parquet / csv / json files (module docstring)."""
     opts = options_for(cfg)
-    if cfg.root is None:
-        raise DataError(
-            "dataset 'text' needs data.root: a .parquet, .csv or .json(l) file, or a folder "
-            "with train.<ext> and optionally test.<ext>"
+    paths = _files(
+        data_root(
+            cfg,
+            "a .parquet, .csv or .json(l) file, or a folder "
+            "with train.<ext> and optionally test.<ext>",
         )
-    paths = _files(Path(cfg.root).expanduser())
+    )
     tables = {split: _read(path) for split, path in paths.items()}
     tokenise = opts["text"] in tables["train"]
     inputs = (_tokenise if tokenise else _pretokenised)(tables, opts, paths)
