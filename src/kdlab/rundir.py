@@ -104,6 +104,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _interrupt_behind(err: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C an OSError was raised while handling, if any: an interrupted cleanup
+    (``shutil.rmtree`` closing its directory fd on the way out) can fail with EBADF,
+    and the user pressed Ctrl-C; that is an interrupt, not a failed write."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__context__
+    return None
+
+
 def weights_source(source: str | Path, key: str = "checkpoint") -> Path:
     """The safetensors file a model's ``checkpoint:`` (named ``key`` in errors) points
     at: a file, or a finished run's folder (its ``model.safetensors``). A training
@@ -362,6 +376,9 @@ class RunDir:
         except OSError as err:
             from kdlab.engine.checkpoint import list_checkpoints  # noqa: PLC0415
 
+            interrupt = _interrupt_behind(err)
+            if interrupt is not None:
+                raise interrupt from None
             reason = os.strerror(err.errno) if err.errno else str(err)
             kept = list_checkpoints(self.checkpoints)
             then = (
