@@ -121,7 +121,20 @@ def _reporting(local_rank: int, fn: Callable[..., Any], reports: str, *args: Any
     except KdlabError as err:
         report = {"type": type(err).__name__, "message": str(err)}
         (Path(reports) / f"rank-{rank():05d}.json").write_text(json.dumps(report))
+        _leave_group()
         sys.exit(2)
+    except BaseException:
+        _leave_group()
+        raise
+
+
+def _leave_group() -> None:
+    """A failed or interrupted worker leaves the process group before it exits, as a
+    finished one does (Ignite finalizes only after ``fn`` returns): a gloo group still up
+    at interpreter exit can abort the worker ("terminate called without an active
+    exception") and hide its real exit status."""
+    with contextlib.suppress(Exception):
+        idist.finalize()
 
 
 def _reported_error(reports: str) -> BaseException:
