@@ -264,3 +264,36 @@ def test_a_1d_pair_trains_at_and_fitnet_from_the_cli(tmp_path: Path) -> None:
     # the hint stage ran the 1-D regressor (8 -> 32 channels, lengths 32 -> 16)
     assert hint[0]["train_fitnet"] > 0 and "train_at" not in hint[0]
     assert main[0]["train_at"] > 0 and np.isfinite(main[0]["train_loss"])
+
+
+@pytest.mark.parametrize("key", list(SPECS))
+def test_a_conv1d_student_pairs_with_transformer_hidden_states(key: str) -> None:
+    """layout: {student: ncl, teacher: nlc}: an (N, C, L) student map beside (N, L, H)
+    teacher hidden states gives the loss of two ncl maps (the teacher's transposed)."""
+    s, t = _features(S_SHAPES, 6), _features(T_SHAPES, 7)
+    nlc_t = {k: v.transpose(1, 2).contiguous() for k, v in t.items()}
+    torch.manual_seed(0)
+    ncl_term = _setup(_term(key), s, t)
+    mixed = _setup(_term(key, layout={"student": "ncl", "teacher": "nlc"}), s, nlc_t)
+    mixed.load_state_dict(ncl_term.state_dict())
+    ncl_term.eval(), mixed.eval()
+    want = _loss(ncl_term, s, t).item()
+    assert want > 0
+    assert _loss(mixed, s, nlc_t).item() == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        (
+            {"pupil": "ncl"},
+            "unknown key 'distill.terms.0 (at).layout.pupil'; valid: student, teacher",
+        ),
+        ({"student": "nhwc"}, "student must be 'ncl' or 'nlc'"),
+        ("nhwc", "must be 'ncl' or 'nlc', or {student: ..., teacher: ...} (got 'nhwc')"),
+    ],
+)
+def test_a_bad_layout_is_one_message(layout: object, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_terms([{"method": "at", "student": "a", "teacher": "x", "layout": layout}])
+    assert message in str(err.value) and ";" not in str(err.value).split(message)[1]

@@ -6,7 +6,9 @@ Not a method: it registers nothing. ``FeatureParams`` holds the paired tap lists
 Map methods (``MapParams``) take ``(N, C, H, W)`` maps and 3-D taps. A 3-D tap is
 ambiguous, so the term's ``layout`` says how to read it, never its sizes: ``ncl``
 (default) is an ``(N, C, L)`` map from a Conv1d, ``nlc`` the ``(N, L, H)`` hidden states
-of a transformer, moved to ``(N, H, L)`` first. Either is then viewed as an
+of a transformer, moved to ``(N, H, L)`` first; ``{student: ncl, teacher: nlc}`` reads
+each side its own way (a Conv1d student beside a transformer teacher). Either is then
+viewed as an
 ``(N, C, 1, L)`` map, so the 2-D formulas and adapters run unchanged and compute their
 1-D forms: a sum over ``H*W`` positions is a sum over ``L``, a ``(1, k)`` conv is a
 Conv1d of kernel ``k``, BatchNorm2d over ``(N, 1, L)`` is BatchNorm1d, pooling and
@@ -15,12 +17,13 @@ linear resampling act along ``L`` only.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from pydantic import Field, field_validator
 from torch import Tensor
 
+from kdlab.config import Strict
 from kdlab.errors import TapError
 from kdlab.methods.base import Shapes, StepContext, Term, TermParams
 from kdlab.taps import Tap
@@ -40,14 +43,41 @@ class FeatureParams(TermParams):
         return [value] if isinstance(value, str) else value
 
 
+class SideLayouts(Strict):
+    """How the student's and the teacher's 3-D taps are read, when they differ."""
+
+    student: Layout = "ncl"
+    teacher: Layout = "ncl"
+
+
 class MapParams(FeatureParams):
     """Taps of a map method, and how its 3-D taps are read."""
 
-    layout: Layout = Field(
+    layout: Layout | SideLayouts = Field(
         "ncl",
         description="3-D taps: 'ncl' (N, C, L) maps of a Conv1d, or 'nlc' (N, L, H) hidden "
-        "states of a transformer, transposed to (N, H, L); 4-D and 2-D taps are not affected",
+        "states of a transformer, transposed to (N, H, L); {student: ..., teacher: ...} "
+        "when the two sides differ; 4-D and 2-D taps are not affected",
     )
+
+    @field_validator("layout", mode="before")
+    @classmethod
+    def _one_layout_error(cls, value: Any) -> Any:
+        # One message instead of one per branch of the union.
+        valid = " or ".join(repr(v) for v in get_args(Layout))
+        if isinstance(value, dict):
+            for side in ("student", "teacher"):
+                if side in value and value[side] not in get_args(Layout):
+                    raise ValueError(f"{side} must be {valid}")
+        elif not isinstance(value, SideLayouts) and value not in get_args(Layout):
+            raise ValueError(f"must be {valid}, or {{student: ..., teacher: ...}}")
+        return value
+
+    def side_layouts(self) -> tuple[Layout, Layout]:
+        """The student's and the teacher's layout."""
+        if isinstance(self.layout, SideLayouts):
+            return self.layout.student, self.layout.teacher
+        return self.layout, self.layout
 
 
 def probed_pairs(term: Term, shapes: Shapes) -> list[tuple[Tap, Tap, torch.Size, torch.Size]]:
@@ -80,7 +110,7 @@ def map_pairs(
     """:func:`probed_pairs` with shapes as :func:`as_map` gives them, after a one-line
     TapError naming the term and pair unless both taps are maps of one rank (or, with
     ``vectors``, both ``(N, D)``)."""
-    layout: Layout = term.params.layout
+    s_layout, t_layout = term.params.side_layouts()
     ranks = (2, 3, 4) if vectors else (3, 4)
     pairs = []
     for s, t, s_shape, t_shape in probed_pairs(term, shapes):
@@ -93,14 +123,14 @@ def map_pairs(
                 f"{tuple(s_shape)[1:]} and teacher tap {str(t)!r} gives {tuple(t_shape)[1:]} "
                 f"per sample; valid: {valid}"
             )
-        pairs.append((s, t, map_shape(s_shape, layout), map_shape(t_shape, layout)))
+        pairs.append((s, t, map_shape(s_shape, s_layout), map_shape(t_shape, t_layout)))
     return pairs
 
 
 def pair_maps(term: Term, ctx: StepContext, s: Tap, t: Tap) -> tuple[Tensor, Tensor]:
     """The student's and teacher's tapped tensors of a pair, through :func:`as_map`."""
-    layout: Layout = term.params.layout
-    return as_map(ctx.s(s), layout), as_map(ctx.t(t), layout)
+    s_layout, t_layout = term.params.side_layouts()
+    return as_map(ctx.s(s), s_layout), as_map(ctx.t(t), t_layout)
 
 
 def stage_name(term: Term, kind: str) -> str:

@@ -63,6 +63,7 @@ class VariationalInformationDistillation(Term[VIDParams]):
 
     def setup(self, shapes: Shapes) -> None:
         p = self.params
+        s_layout, t_layout = p.side_layouts()
         self.regressors = nn.ModuleList()
         self.log_scales = nn.ParameterList()
         for s, t in self.paired_taps():
@@ -74,7 +75,7 @@ class VariationalInformationDistillation(Term[VIDParams]):
                     f"{tuple(t_shape)[1:]} per sample; valid: (N, C, H, W) maps, (N, D) "
                     "vectors or 3-D taps ((N, C, L) with layout 'ncl', (N, L, H) with 'nlc')"
                 )
-            s_shape, t_shape = map_shape(s_shape, p.layout), map_shape(t_shape, p.layout)
+            s_shape, t_shape = map_shape(s_shape, s_layout), map_shape(t_shape, t_layout)
             cs, ct = int(s_shape[1]), int(t_shape[1])
             self.regressors.append(VIDRegressor(cs, p.mid_channels or ct, ct))
             # softplus(alpha) = init_variance - eps  <=>  alpha = log(exp(v - eps) - 1)
@@ -83,9 +84,10 @@ class VariationalInformationDistillation(Term[VIDParams]):
 
     def forward(self, ctx: StepContext) -> Tensor:
         p = self.params
+        s_layout, t_layout = p.side_layouts()
         total = ctx.student.logits.new_zeros(())
         for i, (s, t) in enumerate(self.paired_taps()):
-            fs, ft = _as_map(ctx.s(s), p.layout), _as_map(ctx.t(t), p.layout)
+            fs, ft = _as_map(ctx.s(s), s_layout), _as_map(ctx.t(t), t_layout)
             hs, ht = fs.shape[2:], ft.shape[2:]
             if hs[0] > ht[0] or hs[1] > ht[1]:
                 fs = F.adaptive_avg_pool2d(fs, ht)
