@@ -8,9 +8,8 @@ ambiguous, so the term's ``layout`` says how to read it, never its sizes: ``ncl`
 (default) is an ``(N, C, L)`` map from a Conv1d, ``nlc`` the ``(N, L, H)`` hidden states
 of a transformer, moved to ``(N, H, L)`` first; ``{student: ncl, teacher: nlc}`` reads
 each side its own way (a Conv1d student beside a transformer teacher). Either is then
-viewed as an
-``(N, C, 1, L)`` map, so the 2-D formulas and adapters run unchanged and compute their
-1-D forms: a sum over ``H*W`` positions is a sum over ``L``, a ``(1, k)`` conv is a
+viewed as an ``(N, C, 1, L)`` map, so the 2-D formulas and adapters run unchanged and
+compute their 1-D forms: a sum over ``H*W`` positions is a sum over ``L``, a ``(1, k)`` conv is a
 Conv1d of kernel ``k``, BatchNorm2d over ``(N, 1, L)`` is BatchNorm1d, pooling and
 linear resampling act along ``L`` only.
 """
