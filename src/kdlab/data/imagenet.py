@@ -243,7 +243,7 @@ def in_memory(split: FolderSplit, batch_size: int = 256) -> TensorSplit:
 def imagenet(cfg: DataConfig) -> DataBundle:
     """ImageNet-layout folders or shards (see the module docstring)."""
     opts = options_for(cfg)
-    data_root(
+    data_root(  # the check only: a root of shards may be a URL, not a path
         cfg,
         "a folder holding train/<class>/ and val/ "
         "(or a folder or URL of shards written by 'kdlab data shard')",

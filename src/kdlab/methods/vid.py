@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from kdlab.errors import TapError
 from kdlab.functional.relations import vid_nll
 from kdlab.heads import VIDRegressor
-from kdlab.methods._features import MapParams, as_map, map_shape
+from kdlab.methods._features import Layout, MapParams, as_map, map_shape
 from kdlab.methods.base import Shapes, StepContext, Term
 
 
@@ -24,12 +24,12 @@ class VIDParams(MapParams):
     eps: float = Field(1e-5, gt=0.0, description="floor added to the softplus variance")
 
 
-def _as_map(f: Tensor, layout: str) -> Tensor:
+def _as_map(f: Tensor, layout: Layout) -> Tensor:
     """Vectors ``(b, d)`` become ``(b, d, 1, 1)`` and 3-D taps ``(b, C, 1, L)`` (see
     ``layout``), so one 1x1-conv regressor fits every rank."""
     if f.dim() == 2:
         return f[:, :, None, None]
-    return as_map(f, layout)  # type: ignore[arg-type]
+    return as_map(f, layout)
 
 
 class VariationalInformationDistillation(Term[VIDParams]):
